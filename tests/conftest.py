@@ -1,0 +1,54 @@
+"""Shared fixtures: small grids, fixed seeds, and the ../shared folder beside the repo."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+BUNNY_DIR = SHARED / "data" / "stanford_bunny"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The read-only ``../shared`` folder (paper, bunny meshes) laid beside the repository."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is missing: clone the repo next to the project's shared/ folder")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def bunny_path(shared_dir) -> Path:
+    """Local copy of the coarsest Stanford bunny mesh (tests never download)."""
+    path = BUNNY_DIR / "bun_zipper_res3.ply"
+    if not path.is_file():
+        pytest.skip(f"{path} missing")
+    return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _local_bunny_env():
+    """Point the bunny loader at the local copy so no test reaches the network."""
+    if BUNNY_DIR.is_dir():
+        os.environ.setdefault("CHFLOW_BUNNY_PATH", str(BUNNY_DIR / "bun_zipper_res3.ply"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def perlin32() -> np.ndarray:
+    """A 32^3 periodic Perlin initial condition, mean 0.5, fixed seed."""
+    from napari_chflow.seeds import perlin
+
+    return perlin((32, 32, 32), mean=0.5, seed=3)
+
+
+@pytest.fixture(scope="session")
+def perlin16() -> np.ndarray:
+    """A 16^3 periodic Perlin initial condition, mean 0.5, fixed seed."""
+    from napari_chflow.seeds import perlin
+
+    return perlin((16, 16, 16), mean=0.5, seed=5)
