@@ -121,12 +121,19 @@ def chemical_potential(phi, eps: float = EPS):
     return mu if isinstance(phi, torch.Tensor) else mu.numpy()
 
 
+def grad_sq(phi: torch.Tensor) -> torch.Tensor:
+    """|grad phi|^2 with periodic forward differences over the last three dims (same shape).
+
+    The discrete gradient whose adjoint pairs with :func:`laplacian`: sum(grad_sq) = -sum(phi lap phi).
+    """
+    return sum((torch.roll(phi, -1, dims=d) - phi) ** 2 for d in (-3, -2, -1))
+
+
 def free_energy(phi, eps: float = EPS) -> float:
     """F = sum over voxels of g(phi) + eps/2 |grad phi|^2 (forward differences), float64."""
     t = _as_tensor(phi).to(torch.float64)
     bulk = (18.0 / eps) * (t * (1 - t)) ** 2
-    grad2 = sum((torch.roll(t, -1, dims=d) - t) ** 2 for d in (-3, -2, -1))
-    return float((bulk + 0.5 * eps * grad2).sum())
+    return float((bulk + 0.5 * eps * grad_sq(t)).sum())
 
 
 def free_energy_density(phi, eps: float = EPS) -> float:
@@ -172,7 +179,7 @@ def _plan(solver: str, tau: float, eps: float, mobility: float, dt: float | None
         if dt > limit and not force:
             raise ValueError(
                 f"dt={dt:.3g} exceeds the explicit Euler stability bound {limit:.3g} for eps={eps}, "
-                f"mobility={mobility}: use dt <= {limit:.3g}, the spectral solver, or force=True"
+                f"mobility={mobility}: use dt <= {limit:.3g}, the spectral solver, or force=True (--force)"
             )
     return _Run(solver, float(eps), float(mobility), float(dt), int(steps))
 
@@ -267,9 +274,10 @@ def iter_simulate(
     dtype: torch.dtype = torch.float32,
     force: bool = False,
 ) -> Iterator[np.ndarray]:
-    """Yield ``n_tau + 1`` frames ``(Z, Y, X)`` (numpy, ``dtype``) spaced by ``tau``: first ``phi0``, then one
-    per ``tau`` of evolution. Stop iterating to cancel. Raises :class:`SimulationDiverged` (with
-    the frames so far) if phi becomes non-finite.
+    """Yield ``n_tau + 1`` frames ``(Z, Y, X)`` (numpy, ``dtype``) spaced by ``tau``: first
+    ``phi0``, then one per ``tau`` of evolution. Stop iterating to cancel; memory stays constant
+    however long the run. Raises :class:`SimulationDiverged` if phi becomes non-finite (its
+    ``frames`` holds the last finite frame; :func:`simulate` fills in all of them).
     """
     _validate_phi(phi0)
     if int(n_tau) != n_tau or n_tau < 0:
@@ -277,30 +285,26 @@ def iter_simulate(
     run = _plan(solver, tau, eps, mobility, dt, force)
     phi = _as_tensor(phi0, dtype=dtype, device=resolve_device(device)).clone().contiguous()
     step = (_explicit_stepper if solver == "explicit" else _spectral_stepper)(phi, run)
-    frames: list[np.ndarray] = []
     mass0 = phi.sum(dtype=torch.float64)
-
-    def emit() -> np.ndarray:
-        frame = phi.detach().to("cpu").numpy().copy()
-        frames.append(frame)
-        return frame
-
-    yield emit()
-    with torch.inference_mode():
-        for i in range(int(n_tau)):
+    frame = phi.detach().to("cpu").numpy().copy()
+    yield frame
+    for i in range(int(n_tau)):
+        with torch.inference_mode():  # only around the work: never left on while suspended
             for _ in range(run.steps_per_tau):
                 step()
-            if not bool(torch.isfinite(phi).all()):
-                n = (i + 1) * run.steps_per_tau
-                raise SimulationDiverged(
-                    f"{solver} solver diverged (NaN/inf) by step {n} (t={(i + 1) * tau:g}, dt={run.dt:g}): "
-                    "use a smaller dt or the default settings",
-                    frames,
-                    n,
-                )
-            # exact in exact arithmetic; remove the float round-off drift of the total (~1e-9/step)
-            phi.add_((mass0 - phi.sum(dtype=torch.float64)).item() / phi.numel())
-            yield emit()
+            finite = bool(torch.isfinite(phi).all())
+            if finite:  # exact in exact arithmetic; remove float round-off drift (~1e-9 / step)
+                phi.add_((mass0 - phi.sum(dtype=torch.float64)).item() / phi.numel())
+        if not finite:
+            n = (i + 1) * run.steps_per_tau
+            raise SimulationDiverged(
+                f"{solver} solver diverged (NaN/inf) by step {n} (t={(i + 1) * tau:g}, dt={run.dt:g}): "
+                "use a smaller dt or the default settings",
+                [frame],
+                n,
+            )
+        frame = phi.detach().to("cpu").numpy().copy()
+        yield frame
 
 
 def simulate(
@@ -317,10 +321,17 @@ def simulate(
 ) -> np.ndarray:
     """Evolve ``phi0`` ``(Z, Y, X)`` for ``n_tau`` intervals of ``tau``.
 
-    Returns ``(n_tau + 1, Z, Y, X)`` in ``dtype`` (float32 by default), frame 0 being ``phi0``. ``dt=None`` picks
-    1.25e-3 (explicit, the paper) or 0.125 (spectral); ``dtype=torch.float64`` for reference runs.
+    Returns ``(n_tau + 1, Z, Y, X)`` in ``dtype`` (float32 by default), frame 0 being ``phi0``.
+    ``dt=None`` picks 1.25e-3 (explicit, the paper) or 0.125 (spectral). On divergence the
+    :class:`SimulationDiverged` carries every frame produced before it.
     """
-    return np.stack(list(iter_simulate(phi0, n_tau, tau, solver, eps, mobility, dt, device, dtype, force)))
+    frames: list[np.ndarray] = []
+    try:
+        for frame in iter_simulate(phi0, n_tau, tau, solver, eps, mobility, dt, device, dtype, force):
+            frames.append(frame)
+    except SimulationDiverged as err:
+        raise SimulationDiverged(str(err), frames, err.step) from None
+    return np.stack(frames)
 
 
 def linear_growth_rate(k2: float, phi_bar: float = 0.5, eps: float = EPS, mobility: float = MOBILITY) -> float:

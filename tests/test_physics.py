@@ -158,3 +158,13 @@ def test_bad_inputs_give_clear_errors(phi0, kwargs, match):
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match=match):
         simulate(phi0, 1, **kwargs)
+
+
+def test_iterator_does_not_leak_inference_mode_to_the_caller(perlin16):
+    frames = iter_simulate(perlin16, 2, solver="spectral")
+    next(frames)
+    next(frames)
+    assert not torch.is_inference_mode_enabled()
+    x = torch.ones(2, requires_grad=True)
+    (x * 2).sum().backward()  # autograd still works between frames
+    assert x.grad is not None

@@ -1,0 +1,278 @@
+"""``chflow`` command line: seed, simulate, dataset, train, rollout, compare, bench.
+
+Every subcommand has ``--help``. Long work shows a tqdm progress bar; Ctrl-C stops it and keeps
+what was finished (frames written so far, completed dataset sequences, the last epoch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+
+
+def _shape(size: int) -> tuple[int, int, int]:
+    if size < 4:
+        raise ValueError(f"--size {size} is too small: use at least 4 voxels per side")
+    return (size, size, size)
+
+
+# --------------------------------------------------------------------------- seed
+
+
+def _cmd_seed(args) -> None:
+    from . import seeds
+    from .io import write_sequence
+
+    shape = _shape(args.size)
+    params: dict = {"kind": args.kind, "size": args.size}
+    if args.kind == "perlin":
+        phi = seeds.perlin(shape, octaves=args.octaves, mean=args.mean, seed=args.seed)
+        params.update(octaves=args.octaves, mean=args.mean, seed=args.seed)
+    elif args.kind in ("bunny", "mesh"):
+        rotation = tuple(args.rotation) if args.rotation else None
+        if args.kind == "bunny":
+            phi = seeds.stanford_bunny(shape, path=args.path, fill=args.fill, rotation=rotation)
+        else:
+            if args.path is None:
+                raise ValueError("chflow seed mesh needs a mesh file: chflow seed mesh --path FILE.ply|.stl|.obj")
+            phi = seeds.from_mesh(args.path, shape, fill=args.fill, rotation=rotation)
+        params.update(fill=args.fill, rotation=rotation, path=str(args.path) if args.path else None)
+    elif args.kind == "spheres":
+        if args.n:
+            phi = seeds.random_spheres(shape, args.n, seed=args.seed)
+            params.update(n=args.n, seed=args.seed)
+        else:
+            phi = seeds.two_spheres(shape)
+    else:  # slab
+        phi = seeds.slab(shape, width=args.size / 2)
+        params.update(width=args.size / 2)
+    write_sequence(args.output, phi[None], attrs={"seed": params}, overwrite=args.overwrite)
+    print(f"wrote {args.output}: {args.kind} {shape}, mean phi {float(phi.mean()):.4f}")
+
+
+def _read_ic(path: str) -> tuple[np.ndarray, dict]:
+    from .io import open_sequence
+
+    seq = open_sequence(path)
+    return np.asarray(seq.phi[-1]), dict(seq.attrs)
+
+
+# --------------------------------------------------------------------------- simulate / rollout
+
+
+def _stream(frames, n_tau: int, out: str, attrs: dict, overwrite: bool, desc: str) -> None:
+    """Write an iterator of frames (IC first) to a zarr sequence with a progress bar."""
+    from tqdm import tqdm
+
+    from .io import SequenceWriter
+
+    first = next(frames)
+    with SequenceWriter(out, first.shape, attrs=attrs, overwrite=overwrite) as writer:
+        writer.append(first)
+        try:
+            for frame in tqdm(frames, total=n_tau, desc=desc, unit="tau"):
+                writer.append(frame)
+        except KeyboardInterrupt:
+            writer.update_attrs({"interrupted": True})
+            print(f"\ninterrupted: kept {len(writer)} frames in {out}", file=sys.stderr)
+
+
+def _cmd_simulate(args) -> None:
+    import torch
+
+    from .physics import iter_simulate
+
+    phi0, attrs = _read_ic(args.ic)
+    dtype = torch.float64 if args.float64 else torch.float32
+    frames = iter_simulate(phi0, args.n_tau, tau=args.tau, solver=args.solver, eps=args.eps,
+                           mobility=args.mobility, dt=args.dt, device=args.device, dtype=dtype,
+                           force=args.force)
+    meta = {"tau": args.tau, "eps": args.eps, "mobility": args.mobility, "dt": args.dt,
+            "solver": args.solver, "seed": attrs.get("seed"), "source": str(args.ic)}
+    _stream(frames, args.n_tau, args.output, meta, args.overwrite, f"{args.solver} solver")
+    print(f"wrote {args.output}")
+
+
+def _load_model(name_or_path: str, device):
+    from .model import load_checkpoint, load_pretrained
+
+    if Path(name_or_path).suffix == ".pt" or Path(name_or_path).exists():
+        return load_checkpoint(name_or_path, device=device)
+    return load_pretrained(name_or_path, device=device)
+
+
+def _cmd_rollout(args) -> None:
+    from .model import iter_rollout
+
+    phi0, attrs = _read_ic(args.ic)
+    model = _load_model(args.model, args.device)
+    frames = iter_rollout(model, phi0, args.n_tau, device=args.device, upsample=args.upsample)
+    info = model.info
+    meta = {"tau": info.tau, "eps": info.eps, "mobility": info.mobility, "dt": None,
+            "solver": f"crnn:{args.model}", "downscale": 1 if args.upsample else info.downscale,
+            "seed": attrs.get("seed"), "source": str(args.ic)}
+    _stream(frames, args.n_tau, args.output, meta, args.overwrite, "CRNN")
+    print(f"wrote {args.output}")
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def _cmd_compare(args) -> None:
+    from .compare import compare
+
+    phi0, attrs = _read_ic(args.ic)
+    model = _load_model(args.model, args.device)
+    result = compare(phi0, model, args.n_tau, args.output, solver=args.solver, device=args.device,
+                     seed_attrs=attrs.get("seed"), overwrite=args.overwrite, progress=True)
+    print(result.summary())
+
+
+# --------------------------------------------------------------------------- dataset / train
+
+
+def _cmd_dataset(args) -> None:
+    from .dataset import DatasetConfig, generate_dataset, parse_shard
+
+    config = DatasetConfig(
+        n_seq=args.n_seq, frames=args.frames, size=args.size, tau=args.tau, eps=args.eps,
+        mobility=args.mobility, solver=args.solver, dt=args.dt, seed=args.seed,
+        val_fraction=args.val_fraction, later_start_fraction=args.later_start_fraction,
+        max_burn_in_tau=args.max_burn_in_tau,
+    )
+    done = generate_dataset(args.output, config, shard=parse_shard(args.shard), workers=args.workers,
+                            progress=not args.quiet, device=args.device)
+    print(f"{args.output}: {done}")
+
+
+def _cmd_train(args) -> None:
+    from .training import main as train_main
+
+    train_main(args.train_argv)
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def _cmd_bench(args) -> None:
+    from .bench import format_table, solver_timings
+
+    extra = {}
+    if args.what == "all":
+        from .model import iter_rollout
+
+        model = _load_model(args.model, args.device)
+        extra["crnn"] = lambda phi0, k: iter_rollout(model, phi0, k, device=args.device)
+    timings = solver_timings(args.sizes, device=args.device, extra=extra)
+    print(format_table(timings))
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chflow", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"napari-chflow {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def out(sp, default=None):
+        sp.add_argument("-o", "--output", required=default is None, default=default, help="output path")
+        sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+    s = sub.add_parser("seed", help="make an initial condition (a 1-frame zarr sequence)")
+    s.add_argument("kind", choices=["perlin", "bunny", "mesh", "spheres", "slab"])
+    s.add_argument("--size", type=int, default=64, help="grid points per side (default 64)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (perlin, spheres)")
+    s.add_argument("--octaves", type=int, default=4, help="Perlin octaves (feature scale)")
+    s.add_argument("--mean", type=float, default=None, help="mean phi (default: drawn from N(0.5, 0.1))")
+    s.add_argument("--path", default=None, help="mesh file (mesh), or a local bunny .ply (bunny)")
+    s.add_argument("--fill", type=float, default=0.6, help="fraction of the box the mesh spans")
+    s.add_argument("--rotation", type=float, nargs=3, metavar=("RX", "RY", "RZ"), help="Euler angles, degrees")
+    s.add_argument("--n", type=int, default=0, help="number of random spheres (0: two spheres)")
+    out(s)
+    s.set_defaults(func=_cmd_seed)
+
+    s = sub.add_parser("simulate", help="evolve an initial condition with a physics solver")
+    s.add_argument("ic", help="initial-condition zarr (its last frame is used)")
+    s.add_argument("--n-tau", type=int, default=50, help="number of tau intervals to simulate")
+    s.add_argument("--solver", choices=["explicit", "spectral"], default="explicit")
+    s.add_argument("--tau", type=float, default=0.5)
+    s.add_argument("--eps", type=float, default=3.0)
+    s.add_argument("--mobility", type=float, default=1.0)
+    s.add_argument("--dt", type=float, default=None, help="time step (default 1.25e-3 explicit, 0.125 spectral)")
+    s.add_argument("--force", action="store_true", help="allow dt above the explicit stability bound")
+    s.add_argument("--float64", action="store_true", help="double precision")
+    s.add_argument("--device", default=None, help="cpu (default) or cuda")
+    out(s)
+    s.set_defaults(func=_cmd_simulate)
+
+    s = sub.add_parser("dataset", help="generate the paper's training dataset (resumable, shardable)")
+    s.add_argument("--n-seq", type=int, required=True, help="number of sequences")
+    s.add_argument("--frames", type=int, default=50, help="frames per sequence (default 50)")
+    s.add_argument("--size", type=int, default=64, help="grid points per side (default 64)")
+    s.add_argument("--tau", type=float, default=0.5)
+    s.add_argument("--eps", type=float, default=3.0)
+    s.add_argument("--mobility", type=float, default=1.0)
+    s.add_argument("--solver", choices=["explicit", "spectral"], default="explicit")
+    s.add_argument("--dt", type=float, default=None, help="solver time step (default: the solver's)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--val-fraction", type=float, default=0.3, help="validation share (default 0.3)")
+    s.add_argument("--later-start-fraction", type=float, default=0.5,
+                   help="share of sequences that start from a later state, not the noise")
+    s.add_argument("--max-burn-in-tau", type=int, default=50, help="longest burn-in before recording")
+    s.add_argument("--shard", default="0/1", help="i/n: generate only sequences k with k %% n == i")
+    s.add_argument("--workers", type=int, default=1, help="parallel processes")
+    s.add_argument("--device", default=None, help="cpu (default) or cuda")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("-o", "--output", required=True, help="dataset folder")
+    s.set_defaults(func=_cmd_dataset)
+
+    s = sub.add_parser("train", help="train the CRNN (all options: chflow train --help)", add_help=False)
+    s.add_argument("train_argv", nargs=argparse.REMAINDER)
+    s.set_defaults(func=_cmd_train)
+
+    for name, helptext in (("rollout", "evolve an initial condition with the CRNN"),
+                           ("compare", "solver vs CRNN from one IC: both sequences + metrics PNG/CSV")):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("ic", help="initial-condition zarr")
+        s.add_argument("--n-tau", type=int, default=50)
+        s.add_argument("--model", default="default", help="shipped model name or checkpoint .pt")
+        s.add_argument("--device", default=None)
+        if name == "rollout":
+            s.add_argument("--upsample", action="store_true", help="return frames on the input grid")
+        else:
+            s.add_argument("--solver", choices=["explicit", "spectral"], default="spectral")
+        out(s)
+        s.set_defaults(func=_cmd_rollout if name == "rollout" else _cmd_compare)
+
+    s = sub.add_parser("bench", help="speed table: seconds per tau, ratios to the explicit solver")
+    s.add_argument("what", choices=["solvers", "all"], nargs="?", default="all",
+                   help="solvers: explicit vs spectral; all: also the CRNN")
+    s.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128])
+    s.add_argument("--model", default="default")
+    s.add_argument("--device", default=None)
+    s.set_defaults(func=_cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``chflow``; user errors print one line and exit with status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"chflow {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,504 @@
+"""The CRNN surrogate of Lanzoni et al. 2024 (sec. 2.2), its rollout and its checkpoint format.
+
+Architecture (``CRNNConfig()`` = the paper): ``n_layers = 2`` stacked 3D ConvGRU cells with
+``hidden = 10`` channels and ``3x3x3`` kernels, circular padding (periodic boundaries). Each gate
+uses the "deeper mapping" ``act(conv1x1(tanh(conv3x3([x, h]))))``:
+
+    r, z = sigmoid(gates([x, h]))          reset and update gates
+    n    = tanh(candidate([x, r * h]))     candidate state
+    h'   = (1 - z) * h + z * n
+
+The "toFlux" head maps the top hidden state to a vector field ``u = (u_z, u_y, u_x)``
+(``conv1x1(tanh(conv3x3(h)))``, 3 channels, spatial mean removed) and
+
+    phi_next = phi + div(u)
+
+with a fixed (non-trainable) periodic central-difference divergence, so ``sum(phi)`` is conserved
+exactly (to round-off). The default model has 28,970 trainable parameters (paper: ~2.9e4).
+
+The model works on any grid ``(Z, Y, X)``; it runs on the training data downscaled x1/``downscale``
+by nearest sampling (:func:`downsample`), and :func:`rollout` does that mapping for full-resolution
+inputs. Units: one model step is ``tau`` (0.5 time units), lengths in grid units of the full grid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.resources
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .io import atomic_write
+from .physics import EPS, MOBILITY, TAU, resolve_device
+
+FORMAT = "napari-chflow-crnn"
+FORMAT_VERSION = 1
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used (message names the file, the problem and the fix)."""
+
+
+class RolloutDiverged(RuntimeError):
+    """phi became NaN/inf at frame ``step``; ``frames`` holds the finite frames before it."""
+
+    def __init__(self, message: str, frames: list[np.ndarray], step: int):
+        super().__init__(message)
+        self.frames = frames
+        self.step = step
+
+
+@dataclass(frozen=True)
+class CRNNConfig:
+    """Architecture: hidden channels per ConvGRU cell, number of stacked cells, odd kernel size,
+    and whether gates use the deeper mapping ``conv1x1(tanh(conv_k(.)))`` instead of ``conv_k``."""
+
+    hidden: int = 10
+    n_layers: int = 2
+    kernel: int = 3
+    deep_mapping: bool = True
+
+    def __post_init__(self):
+        if self.hidden < 1 or self.n_layers < 1 or self.kernel < 1 or self.kernel % 2 == 0:
+            raise ValueError(
+                f"invalid {self}: use hidden >= 1, n_layers >= 1 and an odd kernel >= 1"
+            )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model is: architecture, physics it was trained on (``tau`` between frames, ``eps``,
+    ``mobility``), grid ``downscale`` factor, training recipe and data description."""
+
+    config: CRNNConfig
+    tau: float = TAU
+    eps: float = EPS
+    mobility: float = MOBILITY
+    downscale: int = 2
+    recipe: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    version: str = __version__
+    param_count: int = 0
+
+
+# --------------------------------------------------------------------------- network
+
+
+def _pad(t: torch.Tensor, p: int) -> torch.Tensor:
+    """Circular (periodic) padding of the last three dims by ``p``."""
+    return F.pad(t, (p,) * 6, mode="circular") if p else t
+
+
+def _conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    """Unpadded stride-1 3D convolution. On CPU in float32 it calls oneDNN directly: for small
+    batches and few channels PyTorch's heuristic picks a native kernel that is 3-5x slower."""
+    if (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and weight.shape[-1] > 1
+            and torch.backends.mkldnn.is_available() and not torch.is_autocast_enabled("cpu")):
+        return torch.mkldnn_convolution(x, weight, bias, (0, 0, 0), (1, 1, 1), (1, 1, 1), 1)
+    return F.conv3d(x, weight, bias)
+
+
+class _Conv(nn.Conv3d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _conv3d(x, self.weight, self.bias)
+
+
+def _mapping(c_in: int, c_out: int, cfg: CRNNConfig, c_final: int | None = None,
+             bias: bool = True) -> nn.Sequential:
+    """``conv_k`` (on an already padded input), then, if deep, ``tanh`` and a 1x1x1 conv."""
+    if not cfg.deep_mapping:
+        return nn.Sequential(_Conv(c_in, c_final or c_out, cfg.kernel, bias=bias))
+    return nn.Sequential(
+        _Conv(c_in, c_out, cfg.kernel), nn.Tanh(), nn.Conv3d(c_out, c_final or c_out, 1, bias=bias)
+    )
+
+
+class _ConvGRUCell(nn.Module):
+    def __init__(self, c_in: int, cfg: CRNNConfig):
+        super().__init__()
+        self.p = cfg.kernel // 2
+        self.gates = _mapping(c_in + cfg.hidden, 2 * cfg.hidden, cfg)
+        self.candidate = _mapping(c_in + cfg.hidden, cfg.hidden, cfg)
+
+    def forward(self, x_pad: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """``x_pad`` circularly padded input ``(B, C, Z+2p, ...)``, ``h`` ``(B, H, Z, Y, X)``."""
+        r, z = torch.sigmoid(self.gates(torch.cat([x_pad, _pad(h, self.p)], 1))).chunk(2, 1)
+        n = torch.tanh(self.candidate(torch.cat([x_pad, _pad(r * h, self.p)], 1)))
+        return h + z * (n - h)
+
+
+def _divergence_kernel() -> torch.Tensor:
+    """``(1, 3, 3, 3, 3)`` conv weight: channel d gets ``(u[i+1] - u[i-1]) / 2`` along axis d."""
+    w = torch.zeros(1, 3, 3, 3, 3, dtype=torch.float64)
+    for d in range(3):
+        lo, hi = [1, 1, 1], [1, 1, 1]
+        lo[d], hi[d] = 0, 2
+        w[(0, d, *lo)], w[(0, d, *hi)] = -0.5, 0.5
+    return w
+
+
+def _autocast(device_type: str, mode: str | None):
+    if mode is None:
+        return contextlib.nullcontext()
+    if mode not in AUTOCAST:
+        raise ValueError(f"unknown autocast {mode!r}: use None, 'bf16' or 'fp16'")
+    return torch.autocast(device_type, dtype=AUTOCAST[mode])
+
+
+class CRNN(nn.Module):
+    """Convolutional recurrent network ``phi_t -> phi_{t + tau}`` on periodic 3D grids.
+
+    ``info`` (:class:`ModelInfo`) describes the model; ``extra`` is the free-form dict stored with
+    its checkpoint (empty for a new model).
+    """
+
+    def __init__(self, config: CRNNConfig = CRNNConfig(), *, tau: float = TAU, eps: float = EPS,
+                 mobility: float = MOBILITY, downscale: int = 2, recipe: dict | None = None,
+                 data: dict | None = None, version: str = __version__):
+        super().__init__()
+        if int(downscale) != downscale or downscale < 1:
+            raise ValueError(f"downscale must be a positive integer, got {downscale!r}")
+        h = config.hidden
+        self.cells = nn.ModuleList(
+            _ConvGRUCell(1 if i == 0 else h, config) for i in range(config.n_layers)
+        )
+        # toFlux; no bias on the last conv: a constant u has no divergence (and its mean is removed)
+        self.to_flux = _mapping(h, h, config, c_final=3, bias=False)
+        self.register_buffer("div_kernel", _divergence_kernel().float(), persistent=False)
+        n_params = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        self.info = ModelInfo(config, float(tau), float(eps), float(mobility), int(downscale),
+                              dict(recipe or {}), dict(data or {}), str(version), n_params)
+        self.extra: dict = {}
+
+    @property
+    def config(self) -> CRNNConfig:
+        return self.info.config
+
+    def divergence(self, u: torch.Tensor) -> torch.Tensor:
+        """Periodic central-difference divergence of ``u`` ``(B, 3, Z, Y, X)`` (components along
+        Z, Y, X) -> ``(B, Z, Y, X)``, always evaluated in ``u``'s dtype (autocast off)."""
+        with torch.autocast(u.device.type, enabled=False):
+            return _conv3d(_pad(u, 1), self.div_kernel.to(u.dtype)).squeeze(1)
+
+    def init_hidden(self, phi: torch.Tensor) -> list[torch.Tensor]:
+        """Zero hidden state for ``phi`` ``(B, Z, Y, X)``: one ``(B, H, Z, Y, X)`` per cell."""
+        shape = (phi.shape[0], self.config.hidden, *phi.shape[1:])
+        return [phi.new_zeros(shape) for _ in self.cells]
+
+    def step(self, phi: torch.Tensor, hidden: list[torch.Tensor] | None = None,
+             autocast: str | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One step of ``tau``: ``phi`` ``(B, Z, Y, X)`` -> ``(phi_next, hidden)``.
+
+        ``hidden=None`` starts from zeros. ``autocast`` ('bf16' | 'fp16') runs the convolutions in
+        reduced precision; the divergence update stays in ``phi``'s dtype, so mass is conserved.
+        """
+        hidden = self.init_hidden(phi) if hidden is None else hidden
+        p = self.config.kernel // 2
+        x, new = phi.unsqueeze(1), []
+        with _autocast(phi.device.type, autocast):
+            for cell, h in zip(self.cells, hidden):
+                x = cell(_pad(x, p), h)
+                new.append(x)
+            u = self.to_flux(_pad(x, p))
+        u = u.to(phi.dtype)
+        u = u - u.mean(dim=(-3, -2, -1), keepdim=True)
+        return phi + self.divergence(u), new
+
+    def forward(self, phi_in: torch.Tensor, n_steps: int = 0,
+                hidden: list[torch.Tensor] | None = None,
+                autocast: str | None = None) -> torch.Tensor:
+        """Teacher forcing on the given frames, then free running.
+
+        ``phi_in`` ``(B, T_in, Z, Y, X)`` holds frames ``0..T_in-1``. Returns the predictions of
+        frames ``1..T_in-1+n_steps``, shape ``(B, T_in - 1 + n_steps, Z, Y, X)``: frame ``t+1`` is
+        predicted from the given frame ``t`` while ``t < T_in``, afterwards from the model's own
+        previous prediction; the hidden state is carried throughout. So
+        ``model(seq[:, :k], T - k)`` is compared with ``seq[:, 1:]``, and ``k = 1`` generates the
+        whole sequence from the initial condition.
+        """
+        if phi_in.ndim != 5:
+            raise ValueError(f"phi_in must be (B, T, Z, Y, X), got shape {tuple(phi_in.shape)}: "
+                             "add batch/time axes, e.g. phi[None, None]")
+        t_in, n_steps = phi_in.shape[1], int(n_steps)
+        if t_in < 1 or n_steps < 0 or t_in - 1 + n_steps < 1:
+            raise ValueError(f"nothing to predict from {t_in} frames and n_steps={n_steps}: "
+                             "give at least 2 frames or n_steps >= 1")
+        out: list[torch.Tensor] = []
+        for t in range(t_in - 1 + n_steps):
+            phi, hidden = self.step(phi_in[:, t] if t < t_in else out[-1], hidden, autocast)
+            out.append(phi)
+        return torch.stack(out, 1)
+
+
+# --------------------------------------------------------------------------- grid mapping
+
+
+def downsample(phi, factor: int):
+    """Nearest downscale of the last three axes: exactly ``phi[..., ::f, ::f, ::f]`` (keeps voxel
+    0 and every f-th one). Numpy in -> contiguous numpy out, torch in -> torch out. Each of the
+    last three axes must be a multiple of ``factor`` (so the coarse grid stays periodic)."""
+    f = int(factor)
+    if f != factor or f < 1:
+        raise ValueError(f"downscale factor must be a positive integer, got {factor!r}")
+    if any(n % f for n in phi.shape[-3:]):
+        raise ValueError(f"grid {tuple(phi.shape[-3:])} is not a multiple of the downscale factor "
+                         f"{f}: crop or pad each axis to a multiple of {f}")
+    out = phi[..., ::f, ::f, ::f]
+    return out.contiguous() if isinstance(out, torch.Tensor) else np.ascontiguousarray(out)
+
+
+def upsample(frames, factor: int):
+    """Nearest upscale of the last three axes: each voxel repeated ``factor`` times per axis,
+    ``out[..., i, j, k] = frames[..., i // f, j // f, k // f]``; inverse of :func:`downsample`
+    on its image (``downsample(upsample(a, f), f) == a``). Numpy or torch in, same type out."""
+    f = int(factor)
+    if f != factor or f < 1:
+        raise ValueError(f"upscale factor must be a positive integer, got {factor!r}")
+    for axis in (-3, -2, -1):
+        frames = (frames.repeat_interleave(f, dim=axis) if isinstance(frames, torch.Tensor)
+                  else np.repeat(frames, f, axis=axis))
+    return frames
+
+
+# --------------------------------------------------------------------------- rollout
+
+
+def _as_volumes(a, name: str, ndim: int) -> np.ndarray:
+    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a
+    a = np.asarray(a, dtype=np.float32)
+    if a.ndim != ndim:
+        axes = "(Z, Y, X)" if ndim == 3 else "(W, Z, Y, X)"
+        hint = "a single volume, e.g. seq[0]" if ndim == 3 else "a stack of frames, e.g. seq[:k]"
+        raise ValueError(f"{name} must be a {ndim}D array {axes}, got shape {a.shape}: pass {hint}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or inf: replace them (e.g. np.nan_to_num) first")
+    return a
+
+
+def iter_rollout(model: CRNN, phi0, n_tau: int, warmup=None, device=None, upsample: bool = False,
+                 autocast: str | None = None) -> Iterator[np.ndarray]:
+    """Yield ``n_tau + 1`` frames ``(Z, Y, X) float32`` spaced by ``model.info.tau``.
+
+    ``phi0`` ``(Z, Y, X)`` is at full resolution; it is downsampled by ``model.info.downscale``
+    (:func:`downsample`) and frame 0 is that downsampled IC, then one prediction per ``tau``.
+    Frames are on the model grid, or with ``upsample=True`` repeated back to ``phi0``'s grid.
+    ``warmup`` ``(W, Z, Y, X)``: the full-resolution frames *preceding* ``phi0`` (e.g.
+    ``warmup=seq[:k]``, ``phi0=seq[k]``), fed with teacher forcing to build the hidden state.
+    ``device=None`` keeps the model where it is; otherwise the model is moved there.
+    Stop iterating to cancel. Raises :class:`RolloutDiverged` if phi becomes NaN/inf; since no
+    history is kept here, its ``frames`` holds only the last finite frame (see :func:`rollout`).
+    Input errors raise ``ValueError`` at call time.
+    """
+    phi0 = _as_volumes(phi0, "phi0", 3)
+    if int(n_tau) != n_tau or n_tau < 0:
+        raise ValueError(f"n_tau must be a non-negative integer, got {n_tau!r}")
+    f = model.info.downscale
+    start = downsample(phi0, f)
+    warm = None
+    if warmup is not None:
+        warm = _as_volumes(warmup, "warmup", 4)
+        if warm.shape[1:] != phi0.shape:
+            raise ValueError(f"warmup frames {warm.shape[1:]} differ from phi0 {phi0.shape}: "
+                             "pass frames of the same sequence")
+        warm = downsample(warm, f)
+    if autocast is not None and autocast not in AUTOCAST:
+        raise ValueError(f"unknown autocast {autocast!r}: use None, 'bf16' or 'fp16'")
+    if device is not None:
+        model.to(resolve_device(device))
+    return _frames(model, start, int(n_tau), warm, f if upsample else 1, autocast)
+
+
+def _frames(model: CRNN, start: np.ndarray, n_tau: int, warm: np.ndarray | None, up: int,
+            autocast: str | None) -> Iterator[np.ndarray]:
+    p = next(model.parameters())
+    model.eval()
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(a, device=p.device, dtype=p.dtype)[None]
+
+    def emit(phi: torch.Tensor) -> np.ndarray:
+        frame = phi[0].to("cpu", torch.float32).numpy().copy()
+        return upsample(frame, up) if up > 1 else frame
+
+    with torch.inference_mode():  # never yield inside: the mode must not leak into the caller
+        phi, hidden = tensor(start), None
+        for w in warm if warm is not None else ():
+            _, hidden = model.step(tensor(w), hidden, autocast)
+    last = emit(phi)
+    yield last
+    for k in range(1, n_tau + 1):
+        with torch.inference_mode():
+            phi, hidden = model.step(phi, hidden, autocast)
+            finite = bool(torch.isfinite(phi).all())
+        if not finite:
+            raise RolloutDiverged(
+                f"CRNN rollout diverged (NaN/inf) at frame {k} (t={k * model.info.tau:g}): use "
+                "autocast=None (float32), an input phi within the training range [0, 1], or the "
+                "physics solver", [last], k)
+        last = emit(phi)
+        yield last
+
+
+def rollout(model: CRNN, phi0, n_tau: int, warmup=None, device=None, upsample: bool = False,
+            autocast: str | None = None) -> np.ndarray:
+    """:func:`iter_rollout` collected: ``(n_tau + 1, z, y, x) float32`` (model grid, or ``phi0``'s
+    grid with ``upsample=True``). On divergence, :class:`RolloutDiverged` carries all frames so
+    far."""
+    frames: list[np.ndarray] = []
+    try:
+        for frame in iter_rollout(model, phi0, n_tau, warmup, device, upsample, autocast):
+            frames.append(frame)
+    except RolloutDiverged as e:
+        raise RolloutDiverged(str(e), frames, e.step) from None
+    return np.stack(frames)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+_SCALARS = (str, int, float, bool, type(None))
+_REQUIRED = ("version", "config", "tau", "eps", "mobility", "downscale", "recipe", "data",
+             "sha256", "state_dict")
+
+
+def _safe(obj, where: str):
+    """Copy of ``obj`` made only of types ``torch.load(weights_only=True)`` accepts (paths become
+    str, numpy scalars Python scalars); anything else is refused with a ValueError."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (*_SCALARS, torch.Tensor)):
+        return obj
+    if isinstance(obj, dict):
+        return {k: _safe(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [_safe(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    raise ValueError(f"{where} is a {type(obj).__name__}, which a checkpoint cannot store safely: "
+                     "convert it to str, numbers, lists, dicts or torch tensors")
+
+
+def _digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of the weights."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def checkpoint_payload(model: CRNN, *, recipe: dict, data: dict, extra: dict | None = None) -> dict:
+    """The dict :func:`save_checkpoint` writes (embed it in other files if useful)."""
+    info = model.info
+    state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__,
+            "config": asdict(info.config), "tau": info.tau, "eps": info.eps,
+            "mobility": info.mobility, "downscale": info.downscale, "param_count": info.param_count,
+            "recipe": _safe(dict(recipe), "recipe"), "data": _safe(dict(data), "data"),
+            "extra": _safe(dict(extra or {}), "extra"), "sha256": _digest(state),
+            "state_dict": state}
+
+
+def model_from_payload(payload, source: str = "checkpoint") -> CRNN:
+    """Validate a checkpoint dict and build the model from it, or raise :class:`CheckpointError`."""
+    def fail(problem: str, fix: str) -> CheckpointError:
+        return CheckpointError(f"{source}: {problem}; {fix}")
+
+    if isinstance(payload, dict) and "format" not in payload and payload and all(
+            isinstance(v, torch.Tensor) for v in payload.values()):
+        raise fail("is a plain state_dict without architecture metadata",
+                   "save models with napari_chflow.model.save_checkpoint")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise fail("is not a napari-chflow CRNN checkpoint",
+                   "pass a file written by save_checkpoint or `chflow train`")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise fail(f"has format version {version!r}, this napari-chflow reads <= {FORMAT_VERSION}",
+                   "upgrade napari-chflow")
+    missing = [k for k in _REQUIRED if k not in payload]
+    if missing:
+        raise fail(f"is incomplete (missing {', '.join(missing)})",
+                   "re-save it with save_checkpoint")
+    state = payload["state_dict"]
+    if (not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values())
+            or _digest(state) != payload["sha256"]):
+        raise fail("weights fail the sha256 integrity check (corrupted or edited)",
+                   "re-download or re-save it")
+    try:
+        config = CRNNConfig(**payload["config"])
+        model = CRNN(config, tau=payload["tau"], eps=payload["eps"], mobility=payload["mobility"],
+                     downscale=payload["downscale"], recipe=payload["recipe"], data=payload["data"],
+                     version=payload["version"])
+        model.load_state_dict(state, strict=True)
+    except (TypeError, ValueError, RuntimeError) as e:
+        detail = str(e).strip().splitlines()[0][:300]
+        raise fail(f"was built for another architecture ({detail})", "load it with the "
+                   f"napari-chflow that wrote it (v{payload['version']}) or retrain") from None
+    model.extra = payload.get("extra") or {}
+    return model
+
+
+def save_checkpoint(path, model: CRNN, *, recipe: dict, data: dict,
+                    extra: dict | None = None) -> Path:
+    """Write ``model`` with its recipe, data description and optional ``extra`` dict (tensors
+    allowed) to ``path`` atomically (:func:`napari_chflow.io.atomic_write`). Returns the path."""
+    payload = checkpoint_payload(model, recipe=recipe, data=data, extra=extra)
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path, device=None) -> CRNN:
+    """Load a checkpoint (safe ``weights_only`` unpickling) into a new eval-mode model on
+    ``device`` (None -> CPU). Anything but a complete, matching checkpoint raises
+    :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file; check the path or train one "
+                              "with `chflow train`")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, text file, unsafe pickle, ...
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(
+            f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {detail}); the file is "
+            "truncated, corrupted or not a napari-chflow checkpoint: re-save or re-download it"
+        ) from None
+    return model_from_payload(payload, str(path)).to(resolve_device(device)).eval()
+
+
+def _resources():
+    """The bundled ``resources`` folder (package ``napari_chflow.resources``)."""
+    try:
+        return importlib.resources.files("napari_chflow.resources")
+    except ModuleNotFoundError:  # source checkout without the package mapping
+        return Path(__file__).resolve().parent.parent / "resources"
+
+
+def available_pretrained() -> list[str]:
+    """Names of the bundled pretrained models (``resources/<name>.pt``)."""
+    root = _resources()
+    if not root.is_dir():
+        return []
+    return sorted(p.name[:-3] for p in root.iterdir() if p.name.endswith(".pt") and p.is_file())
+
+
+def load_pretrained(name: str = "default", device=None) -> CRNN:
+    """Load the bundled pretrained model ``name`` (see :func:`available_pretrained`)."""
+    names = available_pretrained()
+    if name not in names:
+        raise CheckpointError(
+            f"no pretrained model {name!r} is bundled with napari-chflow (available: "
+            f"{', '.join(names) or 'none'}); train one with `chflow train` and load it with "
+            "load_checkpoint(path)")
+    with importlib.resources.as_file(_resources() / f"{name}.pt") as path:
+        return load_checkpoint(path, device)

@@ -1,0 +1,58 @@
+"""The ``chflow`` command line, run in-process on small grids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_chflow.cli import main
+from napari_chflow.io import read_sequence
+from napari_chflow.physics import simulate
+
+
+def test_seed_then_simulate_matches_library(tmp_path):
+    ic, run = tmp_path / "ic.zarr", tmp_path / "run.zarr"
+    assert main(["seed", "perlin", "--size", "16", "--seed", "2", "--mean", "0.45", "-o", str(ic)]) == 0
+    phi0, attrs = read_sequence(ic)
+    assert phi0.shape == (1, 16, 16, 16) and attrs["seed"]["kind"] == "perlin"
+    assert phi0.mean() == pytest.approx(0.45, abs=0.02)
+    assert main(["simulate", str(ic), "--n-tau", "3", "--solver", "spectral", "-o", str(run)]) == 0
+    frames, attrs = read_sequence(run)
+    np.testing.assert_array_equal(frames, simulate(phi0[0], 3, solver="spectral"))
+    assert attrs["solver"] == "spectral" and attrs["tau"] == 0.5 and attrs["seed"]["seed"] == 2
+
+
+def test_seed_bunny_from_local_copy(tmp_path, bunny_path):
+    out = tmp_path / "bunny.zarr"
+    assert main(["seed", "bunny", "--size", "24", "--path", str(bunny_path), "-o", str(out)]) == 0
+    phi, _ = read_sequence(out)
+    assert 0.02 < (phi > 0.5).mean() < 0.5
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["simulate", "{ic}", "--dt", "0.01", "-o", "{tmp}/r.zarr"], "stability bound"),
+        (["simulate", "{tmp}/missing.zarr", "-o", "{tmp}/r.zarr"], "does not exist"),
+        (["seed", "mesh", "--path", "{tmp}/none.ply", "-o", "{tmp}/m.zarr"], "does not exist"),
+        (["seed", "perlin", "--size", "2", "-o", "{tmp}/p.zarr"], "too small"),
+        (["dataset", "--n-seq", "2", "--shard", "3", "-o", "{tmp}/d"], "shard"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_fix(tmp_path, capsys, argv, message):
+    ic = tmp_path / "ic.zarr"
+    main(["seed", "spheres", "--size", "16", "-o", str(ic)])
+    capsys.readouterr()
+    code = main([a.format(ic=ic, tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def test_existing_output_is_not_overwritten(tmp_path, capsys):
+    ic = tmp_path / "ic.zarr"
+    assert main(["seed", "slab", "--size", "8", "-o", str(ic)]) == 0
+    before = read_sequence(ic)[0]
+    assert main(["seed", "perlin", "--size", "8", "-o", str(ic)]) == 2
+    assert "overwrite" in capsys.readouterr().err
+    np.testing.assert_array_equal(read_sequence(ic)[0], before)

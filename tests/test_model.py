@@ -1,0 +1,290 @@
+"""CRNN model: conservation, symmetry, grid mapping, rollout and the checkpoint format."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_chflow import model as M
+from napari_chflow.model import (
+    CRNN,
+    CheckpointError,
+    CRNNConfig,
+    RolloutDiverged,
+    available_pretrained,
+    downsample,
+    iter_rollout,
+    load_checkpoint,
+    load_pretrained,
+    rollout,
+    save_checkpoint,
+    upsample,
+)
+
+
+def make_model(seed: int = 0, **kwargs) -> CRNN:
+    torch.manual_seed(seed)
+    return CRNN(**kwargs).eval()
+
+
+def field(shape, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+def test_parameter_count_matches_paper():
+    model = make_model()
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert n == model.info.param_count == 28_970  # paper: ~2.9e4
+    assert 2.0e4 <= n <= 3.8e4
+    # the divergence kernel is a fixed buffer: not a parameter, not trainable, not saved
+    assert all(p.data_ptr() != model.div_kernel.data_ptr() for p in model.parameters())
+    assert not model.div_kernel.requires_grad
+    assert "div_kernel" not in model.state_dict()
+
+
+def test_divergence_is_periodic_central_difference():
+    model = make_model().double()
+    u = np.random.default_rng(1).standard_normal((2, 3, 6, 7, 5))
+    expected = sum(
+        (np.roll(u[:, d], -1, axis=d + 1) - np.roll(u[:, d], 1, axis=d + 1)) / 2 for d in range(3)
+    )
+    got = model.divergence(torch.from_numpy(u)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-13)
+    assert np.abs(got.sum(axis=(1, 2, 3))).max() < 1e-12
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.float64, 1e-12)])
+def test_mass_conserved_exactly(dtype, tol):
+    model = make_model().to(dtype)
+    phi0 = torch.from_numpy(field((2, 1, 12, 10, 14))).to(dtype)
+    with torch.no_grad():
+        out = model(phi0, n_steps=6)
+    mass0 = phi0[:, 0].double().sum(dim=(1, 2, 3))
+    mass = out.double().sum(dim=(2, 3, 4))
+    assert (out - phi0).abs().max() > 1e-2  # the model really moves phi
+    assert ((mass - mass0[:, None]).abs() / mass0[:, None]).max() < tol
+
+
+def test_arbitrary_grid_sizes_and_shapes():
+    model = make_model()
+    for shape in [(12, 10, 14), (7, 5, 9), (4, 4, 4)]:
+        seq = torch.rand(3, 4, *shape)
+        with torch.no_grad():
+            assert model(seq, n_steps=2).shape == (3, 5, *shape)
+            assert model(seq, n_steps=0).shape == (3, 3, *shape)
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        model(torch.rand(1, 1, 4, 4, 4), n_steps=0)
+    with pytest.raises(ValueError, match=r"\(B, T, Z, Y, X\)"):
+        model(torch.rand(1, 4, 4, 4), n_steps=1)
+
+
+def test_periodic_translation_equivariance():
+    model = make_model()
+    seq = torch.from_numpy(field((1, 3, 12, 10, 14)))
+    shift, dims = (3, -4, 5), (-3, -2, -1)
+    with torch.no_grad():
+        out = model(seq, n_steps=3)
+        out_shifted = model(torch.roll(seq, shift, dims), n_steps=3)
+    torch.testing.assert_close(out_shifted, torch.roll(out, shift, dims), rtol=0, atol=2e-5)
+
+
+def test_forward_is_teacher_forcing_then_free_running():
+    model = make_model()
+    seq = torch.from_numpy(field((2, 5, 6, 6, 6)))
+    with torch.no_grad():
+        out = model(seq[:, :3], n_steps=3)  # predicts frames 1..5
+        hidden, expected = None, []
+        for t in range(5):
+            phi, hidden = model.step(seq[:, t] if t < 3 else expected[-1], hidden)
+            expected.append(phi)
+        torch.testing.assert_close(out, torch.stack(expected, 1), rtol=0, atol=0)
+        # causal: changing given frame 2 leaves the predictions of frames 1, 2 untouched
+        seq2 = seq.clone()
+        seq2[:, 2] += 0.1
+        out2 = model(seq2[:, :3], n_steps=3)
+    torch.testing.assert_close(out2[:, :2], out[:, :2], rtol=0, atol=0)
+    assert (out2[:, 2] - out[:, 2]).abs().max() > 1e-3
+
+
+def test_autocast_bf16_keeps_mass_and_stays_close():
+    model = make_model()
+    seq = torch.from_numpy(field((1, 1, 8, 8, 8)))
+    with torch.no_grad():
+        ref = model(seq, n_steps=2)
+        low = model(seq, n_steps=2, autocast="bf16")
+    assert low.dtype == torch.float32
+    mass0 = seq[0, 0].double().sum()
+    assert ((low.double().sum(dim=(2, 3, 4)) - mass0).abs() / mass0).max() < 1e-6
+    assert (low - ref).abs().max() < 0.05
+    with pytest.raises(ValueError, match="autocast"):
+        model(seq, n_steps=1, autocast="int8")
+
+
+def test_downsample_upsample_semantics():
+    a = field((2, 8, 6, 4))
+    d = downsample(a, 2)
+    np.testing.assert_array_equal(d, a[:, ::2, ::2, ::2])
+    assert d.flags.c_contiguous
+    u = upsample(d, 2)
+    assert u.shape == a.shape
+    np.testing.assert_array_equal(u[:, 1::2, ::2, 1::2], d)  # nearest: every voxel of a block
+    np.testing.assert_array_equal(downsample(upsample(d, 3), 3), d)
+    t = torch.from_numpy(a)
+    np.testing.assert_array_equal(downsample(t, 2).numpy(), d)
+    np.testing.assert_array_equal(upsample(downsample(t, 2), 2).numpy(), u)
+    assert downsample(a, 1) is not a and np.array_equal(downsample(a, 1), a)
+    with pytest.raises(ValueError, match="multiple of the downscale factor 2"):
+        downsample(field((9, 8, 8)), 2)
+
+
+def test_rollout_frames_and_grid_mapping():
+    model = make_model()
+    phi0 = field((16, 12, 8), seed=3)
+    frames = rollout(model, phi0, 4)
+    assert frames.shape == (5, 8, 6, 4) and frames.dtype == np.float32
+    np.testing.assert_array_equal(frames[0], downsample(phi0, 2))
+    with torch.no_grad():
+        expected = model(torch.from_numpy(downsample(phi0, 2))[None, None], n_steps=4)[0].numpy()
+    np.testing.assert_allclose(frames[1:], expected, rtol=0, atol=1e-6)
+    mass = frames.astype(np.float64).sum(axis=(1, 2, 3))
+    assert np.abs(mass / mass[0] - 1).max() < 1e-6
+    # upsampled output and the streaming variant agree with the collected one
+    up = rollout(model, phi0, 4, upsample=True)
+    assert up.shape == (5, 16, 12, 8)
+    np.testing.assert_array_equal(up, upsample(frames, 2))
+    streamed = list(iter_rollout(model, phi0, 4))
+    np.testing.assert_array_equal(np.stack(streamed), frames)
+
+
+def test_rollout_warmup_is_teacher_forced_history():
+    model = make_model()
+    seq = field((4, 8, 8, 8), seed=5)
+    frames = rollout(model, seq[3], 2, warmup=seq[:3])
+    with torch.no_grad():
+        pred = model(torch.from_numpy(downsample(seq, 2))[None], n_steps=2)[0].numpy()
+    np.testing.assert_array_equal(frames[0], downsample(seq[3], 2))
+    np.testing.assert_allclose(frames[1:], pred[3:], rtol=0, atol=1e-6)
+    # the warm hidden state matters
+    assert np.abs(rollout(model, seq[3], 2)[1:] - frames[1:]).max() > 1e-4
+
+
+def test_rollout_input_validation():
+    model = make_model()
+    with pytest.raises(ValueError, match="3D array"):
+        rollout(model, np.zeros((8, 8)), 1)
+    bad = field((8, 8, 8))
+    bad[1, 2, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        iter_rollout(model, bad, 1)  # raised at call time, before iterating
+    with pytest.raises(ValueError, match="multiple of the downscale"):
+        rollout(model, field((9, 8, 8)), 1)
+    with pytest.raises(ValueError, match="warmup frames"):
+        rollout(model, field((8, 8, 8)), 1, warmup=field((2, 8, 8, 4)))
+    with pytest.raises(ValueError, match="n_tau"):
+        rollout(model, field((8, 8, 8)), -1)
+
+
+def test_rollout_divergence_reports_frames_and_step():
+    model = make_model()
+    with torch.no_grad():
+        model.to_flux[-1].weight[0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(RolloutDiverged) as info:
+        rollout(model, field((8, 8, 8)), 3)
+    assert info.value.step == 1
+    assert len(info.value.frames) == 1 and np.isfinite(info.value.frames[0]).all()
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_default(path: Path, model: CRNN | None = None) -> CRNN:
+    model = model or make_model(downscale=2, tau=0.5)
+    save_checkpoint(path, model, recipe={"lr": 1e-3, "epochs": np.int64(3), "out": Path("/x")},
+                    data={"n_sequences": 10, "grid": (64, 64, 64)},
+                    extra={"train_state": {"step": 7, "rng": torch.arange(4)}})
+    return model
+
+
+def test_checkpoint_round_trip(tmp_path):
+    path = tmp_path / "sub" / "m.pt"
+    model = save_default(path, make_model(seed=1, tau=0.25, eps=2.5, downscale=1))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["m.pt"]  # no temp file left
+    loaded = load_checkpoint(path)
+    assert loaded.info.config == model.info.config
+    assert (loaded.info.tau, loaded.info.eps, loaded.info.downscale) == (0.25, 2.5, 1)
+    assert loaded.info.recipe == {"lr": 1e-3, "epochs": 3, "out": "/x"}
+    assert loaded.info.data == {"n_sequences": 10, "grid": (64, 64, 64)}
+    assert loaded.info.param_count == 28_970
+    assert loaded.extra["train_state"]["step"] == 7
+    assert torch.equal(loaded.extra["train_state"]["rng"], torch.arange(4))
+    seq = torch.from_numpy(field((1, 2, 6, 6, 6)))
+    with torch.no_grad():
+        assert torch.equal(loaded(seq, n_steps=2), model(seq, n_steps=2))
+
+
+def test_checkpoint_refuses_foreign_and_broken_files(tmp_path):
+    good = tmp_path / "good.pt"
+    model = save_default(good)
+    raw = good.read_bytes()
+
+    cases = {}
+    (tmp_path / "truncated.pt").write_bytes(raw[: len(raw) // 2])
+    cases["truncated.pt"] = "cannot be read"
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    cases["plain.pt"] = "plain state_dict"
+    (tmp_path / "text.pt").write_text("hello, not a checkpoint\n")
+    cases["text.pt"] = "cannot be read"
+    payload = torch.load(good, weights_only=True)
+    torch.save({**payload, "config": {**payload["config"], "hidden": 8}}, tmp_path / "arch.pt")
+    cases["arch.pt"] = "another architecture"
+    torch.save({**payload, "config": {**payload["config"], "n_heads": 2}}, tmp_path / "arch2.pt")
+    cases["arch2.pt"] = "another architecture"
+    state = {k: v.clone() for k, v in payload["state_dict"].items()}
+    state[next(iter(state))] += 1.0
+    torch.save({**payload, "state_dict": state}, tmp_path / "edited.pt")
+    cases["edited.pt"] = "sha256"
+    torch.save({**payload, "format_version": 99}, tmp_path / "future.pt")
+    cases["future.pt"] = "upgrade"
+    torch.save({"format": "something-else"}, tmp_path / "other.pt")
+    cases["other.pt"] = "not a napari-chflow"
+    cases["missing.pt"] = "no such checkpoint"
+
+    for name, problem in cases.items():
+        with pytest.raises(CheckpointError, match=problem) as info:
+            load_checkpoint(tmp_path / name)
+        assert name in str(info.value)
+
+
+def test_checkpoint_refuses_unsafe_metadata(tmp_path):
+    with pytest.raises(ValueError, match=r"recipe\['f'\] is a function"):
+        save_checkpoint(tmp_path / "m.pt", make_model(), recipe={"f": lambda: 0}, data={})
+    assert not list(tmp_path.iterdir())
+
+
+def test_load_pretrained(tmp_path, monkeypatch):
+    monkeypatch.setattr(M, "_resources", lambda: tmp_path)
+    assert available_pretrained() == []
+    with pytest.raises(CheckpointError, match=r"no pretrained model 'default'.*available: none") as e:
+        load_pretrained()
+    assert "chflow train" in str(e.value)
+    model = save_default(tmp_path / "default.pt")
+    assert available_pretrained() == ["default"]
+    loaded = load_pretrained("default")
+    pairs = zip(loaded.state_dict().values(), model.state_dict().values())
+    assert all(torch.equal(a, b) for a, b in pairs)
+    with pytest.raises(CheckpointError, match="available: default"):
+        load_pretrained("large")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_rollout_matches_cpu():
+    model = make_model()
+    phi0 = field((16, 16, 16))
+    cpu = rollout(model, phi0, 3)
+    gpu = rollout(model, phi0, 3, device="cuda")
+    np.testing.assert_allclose(gpu, cpu, rtol=0, atol=1e-4)
+    half = rollout(model, phi0, 3, device="cuda", autocast="bf16")
+    mass = half.astype(np.float64).sum(axis=(1, 2, 3))
+    assert np.abs(mass / mass[0] - 1).max() < 1e-6
+    assert np.abs(half - cpu).max() < 0.05
