@@ -1,4 +1,4 @@
-"""``chflow`` command line: seed, simulate, dataset, train, rollout, compare, bench.
+"""``chflow`` command line: seed, simulate, dataset, train, rollout, compare, bench, validate.
 
 Every subcommand has ``--help``. Long work shows a tqdm progress bar; Ctrl-C stops it and keeps
 what was finished (frames written so far, completed dataset sequences, the last epoch).
@@ -151,25 +151,55 @@ def _cmd_dataset(args) -> None:
 
 
 def _cmd_train(args) -> None:
-    from .training import main as train_main
+    from .training import run_from_args
 
-    train_main(args.train_argv)
+    print(f"best checkpoint: {run_from_args(args)}")
 
 
 # --------------------------------------------------------------------------- bench
 
 
 def _cmd_bench(args) -> None:
-    from .bench import format_table, solver_timings
+    import torch
 
-    extra = {}
+    from .bench import format_report, isolated_timings, solver_timings
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    extra, model = {}, None
     if args.what == "all":
         from .model import iter_rollout
 
         model = _load_model(args.model, args.device)
         extra["crnn"] = lambda phi0, k: iter_rollout(model, phi0, k, device=args.device)
-    timings = solver_timings(args.sizes, device=args.device, extra=extra)
-    print(format_table(timings))
+    if args.memory:
+        methods = ("explicit", "spectral", "crnn") if model is not None else ("explicit", "spectral")
+        timings = isolated_timings(args.sizes, methods, model=model, device=args.device,
+                                   threads=args.threads)
+    else:
+        timings = solver_timings(args.sizes, device=args.device, extra=extra)
+    print(format_report(timings, args.device, args.threads))
+
+
+# --------------------------------------------------------------------------- validate
+
+
+def _cmd_validate(args) -> None:
+    from .validate import preset, validate
+
+    config = preset(args.scale, device=args.device, threads=args.threads, bunny_path=args.bunny,
+                    memory=False if args.no_memory else None)
+    model = _load_model(args.model, config.device)
+    command = ["chflow", "validate", "--scale", args.scale]
+    for flag, value, default in (("--model", args.model, "default"), ("--device", args.device, None),
+                                 ("--threads", args.threads, None), ("--bunny", args.bunny, None),
+                                 ("-o", args.output, "docs")):
+        if value != default:
+            command += [flag, str(value)]
+    command += ["--no-memory"] if args.no_memory else []
+    path = validate(model, config, out_dir=args.output, command=" ".join(command),
+                    model_source=args.model, progress=not args.quiet)
+    print(f"wrote {path} and {Path(args.output) / 'validation'}/*.png")
 
 
 # --------------------------------------------------------------------------- parser
@@ -232,8 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="dataset folder")
     s.set_defaults(func=_cmd_dataset)
 
-    s = sub.add_parser("train", help="train the CRNN (all options: chflow train --help)", add_help=False)
-    s.add_argument("train_argv", nargs=argparse.REMAINDER)
+    from .training import add_arguments as add_training_arguments
+
+    s = sub.add_parser("train", help="train the CRNN on a dataset (curriculum, augmentation, --resume)")
+    add_training_arguments(s)
     s.set_defaults(func=_cmd_train)
 
     for name, helptext in (("rollout", "evolve an initial condition with the CRNN"),
@@ -256,7 +288,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128])
     s.add_argument("--model", default="default")
     s.add_argument("--device", default=None)
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads for every method")
+    s.add_argument("--memory", action="store_true",
+                   help="time each method in a fresh process and add its peak memory")
     s.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("validate", help="regenerate docs/validation.md: the paper's tests with "
+                                        "the model and the solvers (figures in docs/validation/)")
+    s.add_argument("--scale", choices=["tiny", "cpu", "full"], default="cpu",
+                   help="tiny: seconds (smoke test); cpu: ~30 min on 2 cores; full: paper scale, GPU")
+    s.add_argument("--model", default="default", help="shipped model name or checkpoint .pt")
+    s.add_argument("--device", default=None, help="cpu or cuda (default: the preset's)")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads for everything")
+    s.add_argument("--bunny", default=None,
+                   help="Stanford bunny .ply (default: CHFLOW_BUNNY_PATH, else download)")
+    s.add_argument("--no-memory", action="store_true",
+                   help="time in this process, skip the peak-memory measurement")
+    s.add_argument("--quiet", action="store_true", help="no progress lines")
+    s.add_argument("-o", "--output", default="docs", help="folder for validation.md (default docs)")
+    s.set_defaults(func=_cmd_validate)
     return p
 
 

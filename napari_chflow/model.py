@@ -377,6 +377,8 @@ def _safe(obj, where: str):
         return obj.item()
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
+    if isinstance(obj, str):
+        return str(obj)  # plain str: subclasses such as torch.__version__ do not unpickle safely
     if isinstance(obj, (*_SCALARS, torch.Tensor)):
         return obj
     if isinstance(obj, dict):

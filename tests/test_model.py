@@ -288,3 +288,9 @@ def test_cuda_rollout_matches_cpu():
     mass = half.astype(np.float64).sum(axis=(1, 2, 3))
     assert np.abs(mass / mass[0] - 1).max() < 1e-6
     assert np.abs(half - cpu).max() < 0.05
+
+
+def test_checkpoint_stores_str_subclasses_as_plain_str(tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, CRNN(), recipe={"torch": torch.__version__}, data={})
+    assert load_checkpoint(path).info.recipe["torch"] == str(torch.__version__)

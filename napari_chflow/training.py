@@ -1,0 +1,504 @@
+"""Curriculum training of the CRNN (Lanzoni et al. 2024, sec. 2.2), resumable and DDP-ready.
+
+Recipe: the sequences of a ``chflow dataset`` folder, held in memory downscaled x1/``downscale``
+(nearest), voxel-wise MSE over every predicted frame, Adam, and per sample and step a random one of
+the 96 symmetries of periodic Cahn-Hilliard on a cube (48 axis permutations x reflections, times
+``phi -> 1 - phi``). Curriculum: at epoch 0 the model generates only the last frame (teacher forcing
+on the previous ``T - 1``); over the next ``curriculum_epochs`` epochs the generated tail grows
+linearly until the whole sequence is generated from the initial condition. The paper trains with
+``lr = 1e-5`` for ~50 h on a GPU; the default ``1e-3`` suits the short runs on small datasets.
+
+Files in ``out_dir`` (rank 0 writes them, each atomically, after every epoch):
+- ``best.pt``: checkpoint (:func:`napari_chflow.model.load_checkpoint`) of the epoch chosen by
+  :func:`select_best_epoch`;
+- ``last.pt``: checkpoint of the last completed epoch; ``extra["train_state"]`` holds the optimizer,
+  RNG states and metrics, so ``train(..., resume=True)`` continues exactly after a kill;
+- ``metrics.jsonl`` (one line per epoch) and ``loss.png`` (loss curves).
+
+Several processes: ``torchrun --nproc_per_node N -m napari_chflow.training DATASET -o OUT`` (gloo
+on CPU, nccl on CUDA). Each global batch is split across ranks; the result equals one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .dataset import load_dataset
+from .io import atomic_write, atomic_write_text, read_sequence
+from .model import CRNN, CRNNConfig, downsample, load_checkpoint, save_checkpoint
+from .physics import resolve_device
+
+
+class TrainingError(ValueError):
+    """A training run cannot start as asked (the message names the problem and the fix)."""
+
+
+# --------------------------------------------------------------------------- symmetries
+
+
+@dataclass(frozen=True)
+class Symmetry:
+    """Output axis ``i`` is input axis ``perm[i]`` (of the last three), flipped if ``flip[i]``;
+    then ``phi -> 1 - phi`` if ``invert``."""
+
+    perm: tuple[int, int, int]
+    flip: tuple[bool, bool, bool]
+    invert: bool
+
+
+SYMMETRIES: list[Symmetry] = [
+    Symmetry(perm, flip, invert)
+    for invert in (False, True)
+    for perm in itertools.permutations(range(3))
+    for flip in itertools.product((False, True), repeat=3)
+]
+"""The 96 symmetries of periodic Cahn-Hilliard on a cube; index 0 is the identity."""
+
+
+def allowed_symmetries(shape: tuple[int, ...]) -> list[int]:
+    """Indices of :data:`SYMMETRIES` that keep a grid of ``shape`` (last three dims): all 96 on a
+    cube, otherwise only those permuting axes of equal length."""
+    zyx = tuple(shape[-3:])
+    return [i for i, s in enumerate(SYMMETRIES)
+            if all(zyx[p] == zyx[a] for a, p in enumerate(s.perm))]
+
+
+def augment(seq: np.ndarray | torch.Tensor, index: int) -> np.ndarray | torch.Tensor:
+    """Apply ``SYMMETRIES[index]`` to the last three dims of ``seq`` ``(..., Z, Y, X)``
+    (numpy or torch in, same type out)."""
+    s = SYMMETRIES[index]
+    lead = seq.ndim - 3
+    axes = (*range(lead), *(lead + p for p in s.perm))
+    dims = [lead + i for i, f in enumerate(s.flip) if f]
+    if isinstance(seq, torch.Tensor):
+        out = seq.permute(*axes)
+        out = out.flip(dims) if dims else out
+        return (1 - out) if s.invert else out.contiguous()
+    out = np.flip(np.transpose(seq, axes), dims) if dims else np.transpose(seq, axes)
+    return (1 - out) if s.invert else np.ascontiguousarray(out)
+
+
+# --------------------------------------------------------------------------- config, schedule
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training recipe. ``batch_size`` is global (split across ranks); ``frames``: use only the
+    first ``frames`` frames of each sequence (None = all); ``grad_clip``: max gradient norm (None
+    = off); ``device``: None = CPU, "cuda" (under torchrun: ``cuda:LOCAL_RANK``); ``num_threads``:
+    torch CPU threads (None = torch's default)."""
+
+    epochs: int = 100
+    lr: float = 1e-3
+    batch_size: int = 4
+    curriculum_epochs: int = 25
+    downscale: int = 2
+    augment: bool = True
+    frames: int | None = None
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    device: str | None = None
+    num_threads: int | None = None
+    model: CRNNConfig = CRNNConfig()
+
+
+RESUMABLE_FIELDS = ("epochs", "lr", "grad_clip", "device", "num_threads")
+"""Fields that may change when a run is resumed; all others must match the stored run."""
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    """Inverse of ``dataclasses.asdict`` for :class:`TrainConfig` (as stored in checkpoints)."""
+    d = dict(d)
+    model = CRNNConfig(**d.pop("model", {}))
+    return TrainConfig(**d, model=model)
+
+
+def stored_config(out_dir: str | Path) -> TrainConfig | None:
+    """The :class:`TrainConfig` of the run in ``out_dir`` (from its ``last.pt``), or None."""
+    path = Path(out_dir) / "last.pt"
+    if not path.exists():
+        return None
+    return config_from_dict(load_checkpoint(path).extra["train_state"]["config"])
+
+
+def curriculum_length(epoch: int, n_frames: int, curriculum_epochs: int) -> int:
+    """Frames the model generates autoregressively at ``epoch`` (0-based): 1 at epoch 0 (the last
+    frame, from the previous ``n_frames - 1``), growing linearly to ``n_frames - 1`` (the whole
+    sequence from the initial condition) at epoch ``curriculum_epochs`` and after."""
+    full = n_frames - 1
+    if curriculum_epochs <= 0:
+        return full
+    return 1 + (full - 1) * min(epoch, curriculum_epochs) // curriculum_epochs
+
+
+def select_best_epoch(history: list[dict]) -> int:
+    """The epoch (0-based) whose weights go to ``best.pt``: among the epochs trained at full
+    curriculum length, the one with the lowest full-sequence validation loss (the first on ties);
+    while the curriculum has not reached full length, the latest epoch."""
+    full = [h for h in history if h["curriculum_length"] == h["full_length"]]
+    if not full:
+        return history[-1]["epoch"]
+    return min(full, key=lambda h: h["val_loss_full"])["epoch"]
+
+
+# --------------------------------------------------------------------------- data and loss
+
+
+def load_sequences(paths: list, downscale: int = 2, frames: int | None = None) -> torch.Tensor:
+    """Read sequence stores into one ``(N, T, Z/d, Y/d, X/d) float32`` tensor (nearest downscale
+    by ``d = downscale``, first ``frames`` frames); ``(0,)`` for no paths."""
+    seqs = []
+    for path in paths:
+        phi = np.asarray(read_sequence(path)[0][:frames], dtype=np.float32)
+        seqs.append(torch.from_numpy(downsample(phi, downscale)))
+    shapes = sorted({tuple(s.shape) for s in seqs})
+    if len(shapes) > 1:
+        raise TrainingError(f"dataset sequences differ in shape {shapes}: "
+                            "train on a dataset generated with one grid size and length")
+    return torch.stack(seqs) if seqs else torch.empty(0)
+
+
+def sample_losses(model: torch.nn.Module, seq: torch.Tensor, n_gen: int) -> torch.Tensor:
+    """Voxel-wise MSE per sample ``(B,)`` over frames ``1..T-1`` of ``seq`` ``(B, T, Z, Y, X)``:
+    teacher forcing on the first ``T - n_gen`` frames, then ``n_gen`` generated ones."""
+    pred = model(seq[:, : seq.shape[1] - n_gen], n_gen)
+    return ((pred - seq[:, 1:]) ** 2).mean(dim=tuple(range(1, seq.ndim)))
+
+
+def _epoch_plan(config: TrainConfig, epoch: int, n: int, allowed: list[int]):
+    """Sample order and symmetry index per position of ``epoch``: a function of (seed, epoch)
+    only, hence the same on every rank, for any world size and after a resume."""
+    rng = np.random.default_rng([config.seed, epoch])
+    order = rng.permutation(n)
+    return order, (rng.choice(allowed, size=n) if config.augment else np.zeros(n, dtype=int))
+
+
+# --------------------------------------------------------------------------- state, ranks
+
+
+def _rng_state() -> dict:
+    name, keys, *rest = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), *rest)}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+
+
+@dataclass(frozen=True)
+class _Ranks:
+    rank: int
+    world: int
+    device: torch.device
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Sum of ``values`` over all ranks."""
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+
+def _setup_ranks(device: str | None) -> tuple[_Ranks, bool]:
+    """Ranks from torchrun's environment (``WORLD_SIZE``, ``LOCAL_RANK``); the bool tells whether
+    this call created the process group (and must destroy it)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = resolve_device(device)
+    if world > 1 and dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    created = world > 1 and not dist.is_initialized()
+    if created:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return _Ranks(dist.get_rank() if world > 1 else 0, world, dev), created
+
+
+def _hardware(ranks: _Ranks) -> dict:
+    dev = ranks.device
+    cpu = platform.processor() or platform.machine()
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu
+    return {"device": str(dev), "name": name, "world_size": ranks.world,
+            "threads": torch.get_num_threads(), "torch": str(torch.__version__)}
+
+
+def _check(config: TrainConfig, stored: TrainConfig | None, n_train: int, n_val: int,
+           n_frames: int) -> None:
+    for f in dataclasses.fields(TrainConfig) if stored else ():  # resuming: same recipe
+        old, new = getattr(stored, f.name), getattr(config, f.name)
+        if f.name not in RESUMABLE_FIELDS and old != new:
+            raise TrainingError(f"cannot resume: {f.name}={new!r} differs from the stored run's "
+                                f"{old!r}: keep the stored value or train into a new folder")
+    problems = [
+        (config.epochs < 1, f"epochs={config.epochs}: use epochs >= 1"),
+        (config.batch_size < 1, f"batch_size={config.batch_size}: use batch_size >= 1"),
+        (config.lr <= 0, f"lr={config.lr}: use a positive learning rate"),
+        (n_train == 0 or n_val == 0, f"the dataset has {n_train} training and {n_val} validation "
+         "sequences: generate one with at least 2 sequences and val_fraction > 0"),
+        (n_frames < 2, f"sequences have {n_frames} frame(s): use frames >= 2 (or None for all)"),
+    ]
+    for bad, message in problems:
+        if bad:
+            raise TrainingError(message)
+
+
+def _write_logs(out: Path, history: list[dict]) -> None:
+    """Rewrite ``metrics.jsonl`` and ``loss.png`` from the whole history (idempotent)."""
+    from matplotlib.figure import Figure
+
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_axes((0.15, 0.12, 0.81, 0.84))
+    epochs = [h["epoch"] + 1 for h in history]
+    for key, style, label in [("train_loss", "o-", "train (curriculum)"),
+                              ("val_loss", "s-", "validation (curriculum)"),
+                              ("val_loss_full", "^--", "validation (full sequence)")]:
+        ax.semilogy(epochs, [h[key] for h in history], style, label=label)
+    best = select_best_epoch(history) + 1
+    ax.axvline(best, color="0.6", lw=0.8, label=f"best.pt (epoch {best})")
+    ax.set(xlabel="epoch", ylabel="voxel-wise MSE")
+    ax.legend()
+    atomic_write(out / "loss.png", lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+
+
+# --------------------------------------------------------------------------- training
+
+
+@torch.no_grad()
+def _validate(model, val: torch.Tensor, n_gen: int, batch_size: int, ranks: _Ranks) -> float:
+    """Mean per-sample MSE over the validation set (each rank evaluates a shard)."""
+    model.eval()
+    mine = list(range(ranks.rank, len(val), ranks.world))
+    total = 0.0
+    for i in range(0, len(mine), batch_size):
+        batch = val[mine[i : i + batch_size]].to(ranks.device)
+        total += float(sample_losses(model, batch, n_gen).sum())
+    return ranks.sum([total])[0] / len(val)
+
+
+def _train_epoch(net, optimizer, data: torch.Tensor, config: TrainConfig, epoch: int, n_gen: int,
+                 allowed: list[int], ranks: _Ranks, on_batch, should_stop) -> float | None:
+    """One epoch of Adam steps; returns the summed per-sample loss, or None if stopped."""
+    order, syms = _epoch_plan(config, epoch, len(data), allowed)
+    size, n_batches = config.batch_size, math.ceil(len(data) / config.batch_size)
+    net.train()
+    loss_sum = 0.0
+    for b in range(n_batches):
+        if should_stop is not None and ranks.sum([float(bool(should_stop()))])[0]:
+            return None
+        positions = list(range(b * size, min((b + 1) * size, len(data))))
+        mine = positions[ranks.rank :: ranks.world]
+        weight = len(mine) * ranks.world / len(positions)  # DDP's gradient average = global mean
+        mine = mine or positions[:1]  # an idle rank still joins the all-reduce, with weight 0
+        batch = torch.stack([augment(data[order[p]], int(syms[p])) for p in mine]).to(ranks.device)
+        losses = sample_losses(net, batch, n_gen)
+        if not bool(torch.isfinite(losses).all()):
+            raise TrainingError(f"training diverged (non-finite loss) in epoch {epoch + 1}: lower "
+                                "--lr or --grad-clip and resume; last.pt holds the last good epoch")
+        optimizer.zero_grad(set_to_none=True)
+        (losses.mean() * weight).backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+        optimizer.step()
+        loss_sum += float(losses.detach().sum()) if weight > 0 else 0.0
+        on_batch(b, n_batches, float(losses.detach().mean()))
+    return ranks.sum([loss_sum])[0]
+
+
+def train(
+    dataset_dir: str | Path,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    callback: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Path:
+    """Train a CRNN on the ``chflow dataset`` folder ``dataset_dir``; returns ``out_dir/best.pt``.
+
+    ``config=None``: the stored config when resuming, else ``TrainConfig()``. ``resume=True``
+    continues the run in ``out_dir`` after its last completed epoch (bitwise as if uninterrupted,
+    on the same hardware and thread count), or starts one if there is none. ``callback(event)``
+    gets dicts with ``event`` "start", "batch" or "epoch" and the losses (rank 0 only).
+    ``should_stop()`` is polled before each batch: the partial epoch is dropped, ``last.pt`` keeps
+    the last completed one. ``best.pt`` exists once an epoch has completed.
+    """
+    out = Path(out_dir)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    resumed = state = stored = None
+    if last_path.exists():  # read before the rendezvous: no rank can have written yet
+        if not resume:
+            raise TrainingError(f"{out} already holds a training run (last.pt): pass resume=True "
+                                "(--resume) to continue it, or choose another output folder")
+        resumed = load_checkpoint(last_path)
+        state = resumed.extra["train_state"]
+        stored = config_from_dict(state["config"])
+    config = config or stored or TrainConfig()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    ranks, created = _setup_ranks(config.device)
+    try:
+        data = load_dataset(dataset_dir)
+        train_set = load_sequences(data.train, config.downscale, config.frames)
+        val_set = load_sequences(data.val, config.downscale, config.frames)
+        n_frames = train_set.shape[1] if train_set.ndim == 5 else 0
+        _check(config, stored, len(train_set), len(val_set), n_frames)
+        allowed = allowed_symmetries(train_set.shape)
+
+        torch.manual_seed(config.seed)
+        physics = {k: getattr(data.config, k) for k in ("tau", "eps", "mobility")}
+        model = CRNN(config.model, downscale=config.downscale, **physics).to(ranks.device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        history, wall, start = [], 0.0, 0
+        if state is not None:
+            model.load_state_dict(resumed.state_dict())
+            optimizer.load_state_dict(state["optimizer"])
+            optimizer.param_groups[0]["lr"] = config.lr  # lr may be changed on resume
+            _set_rng_state(state["rng"])
+            history, wall, start = state["history"], state["wall_seconds"], state["epoch"] + 1
+        net = model
+        if ranks.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            cuda = ranks.device.type == "cuda"
+            net = DistributedDataParallel(model, device_ids=[ranks.device] if cuda else None)
+        writer = ranks.rank == 0
+        if writer and history:
+            _write_logs(out, history)  # the kill may have come between last.pt and the logs
+        emit = callback if (callback is not None and writer) else (lambda event: None)
+        emit({"event": "start", "history": list(history), "epochs": config.epochs,
+              "n_frames": n_frames})
+
+        from tqdm.auto import tqdm
+
+        full = n_frames - 1
+        n_batches = math.ceil(len(train_set) / config.batch_size)
+        bar = tqdm(total=(config.epochs - start) * n_batches, desc="train", unit="batch",
+                   disable=not progress or not writer)
+        for epoch in range(start, config.epochs):
+            t0 = time.perf_counter()
+            n_gen = curriculum_length(epoch, n_frames, config.curriculum_epochs)
+
+            def on_batch(b: int, n: int, loss: float) -> None:
+                bar.update()
+                bar.set_postfix(epoch=epoch + 1, gen=n_gen, loss=f"{loss:.3g}")
+                emit({"event": "batch", "epoch": epoch, "batch": b, "n_batches": n,
+                      "train_loss": loss, "curriculum_length": n_gen})
+
+            loss_sum = _train_epoch(net, optimizer, train_set, config, epoch, n_gen, allowed,
+                                    ranks, on_batch, should_stop)
+            if loss_sum is None:
+                break
+            val_loss = val_full = _validate(model, val_set, n_gen, config.batch_size, ranks)
+            if n_gen < full:
+                val_full = _validate(model, val_set, full, config.batch_size, ranks)
+            seconds = time.perf_counter() - t0
+            wall += seconds
+            history.append({"epoch": epoch, "train_loss": loss_sum / len(train_set),
+                            "val_loss": val_loss, "val_loss_full": val_full,
+                            "curriculum_length": n_gen, "full_length": full, "seconds": seconds,
+                            "lr": config.lr})
+            best = select_best_epoch(history)
+            if writer:
+                recipe = {"train_config": dataclasses.asdict(config), "epochs_done": epoch + 1,
+                          "wall_seconds": wall, "hardware": _hardware(ranks), "best_epoch": best,
+                          "best_val_loss_full": history[best]["val_loss_full"]}
+                description = data.describe()
+                if best == epoch:  # best.pt before last.pt: a kill in between re-runs this epoch
+                    save_checkpoint(best_path, model, recipe=recipe, data=description)
+                train_state = {"config": dataclasses.asdict(config), "epoch": epoch,
+                               "history": history, "optimizer": optimizer.state_dict(),
+                               "rng": _rng_state(), "wall_seconds": wall}
+                save_checkpoint(last_path, model, recipe=recipe, data=description,
+                                extra={"train_state": train_state})
+                _write_logs(out, history)
+            emit({"event": "epoch", **history[-1], "best_epoch": best})
+        bar.close()
+        return best_path
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the training options (for ``chflow train`` and ``python -m``) to ``parser``. Unset
+    options are None: :func:`config_from_args` fills them from the defaults or the stored run."""
+    d = TrainConfig()
+    add = parser.add_argument
+    add("dataset", help="dataset folder written by `chflow dataset`")
+    add("-o", "--out", required=True, help="output folder (best.pt, last.pt, metrics, loss.png)")
+    add("--epochs", type=int, help=f"total number of epochs (default {d.epochs})")
+    add("--lr", type=float, help=f"Adam learning rate (default {d.lr:g}; the paper: 1e-5)")
+    add("--batch-size", type=int, help=f"global batch size (default {d.batch_size})")
+    add("--curriculum-epochs", type=int,
+        help=f"epochs from last-frame to whole-sequence training (default {d.curriculum_epochs})")
+    add("--downscale", type=int, help=f"nearest grid downscale factor (default {d.downscale})")
+    add("--frames", type=int, help="use only the first N frames of each sequence (default: all)")
+    add("--no-augment", dest="augment", action="store_false", default=None,
+        help="turn off the random 96-symmetry augmentation")
+    add("--grad-clip", type=float, help=f"max gradient norm, 0 = off (default {d.grad_clip})")
+    add("--seed", type=int, help=f"seed of weights, data order, augmentation (default {d.seed})")
+    add("--device", help="cpu (default) or cuda")
+    add("--threads", dest="num_threads", type=int, help="torch CPU threads per process")
+    add("--resume", action="store_true", help="continue the run in --out after its last epoch")
+    add("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """:class:`TrainConfig` from :func:`add_arguments` options; options left unset come from the
+    stored run when resuming, else from the defaults."""
+    base = (stored_config(args.out) if args.resume else None) or TrainConfig()
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "model"]
+    given = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    if given.get("grad_clip") == 0:
+        given["grad_clip"] = None
+    return dataclasses.replace(base, **given)
+
+
+def run_from_args(args: argparse.Namespace) -> Path:
+    """Run :func:`train` from parsed :func:`add_arguments` options; returns the best.pt path."""
+    return train(args.dataset, args.out, config_from_args(args), resume=args.resume,
+                 progress=not args.quiet)
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m napari_chflow.training") -> int:
+    """``python -m napari_chflow.training DATASET -o OUT [options]`` (also under ``torchrun``);
+    returns the exit status (2 with a one-line message for user errors)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    args = add_arguments(parser).parse_args(argv)
+    try:
+        best = run_from_args(args)
+    except ValueError as err:  # user errors: TrainingError, dataset / checkpoint / grid problems
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(best)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Training: symmetry augmentation, curriculum, best checkpoint, loss decrease, exact resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_chflow import physics
+from napari_chflow.dataset import load_dataset
+from napari_chflow.model import load_checkpoint
+from napari_chflow.training import (
+    SYMMETRIES,
+    TrainConfig,
+    TrainingError,
+    allowed_symmetries,
+    augment,
+    curriculum_length,
+    load_sequences,
+    sample_losses,
+    select_best_epoch,
+    train,
+)
+
+
+# ----------------------------------------------------------------------------- symmetries
+
+
+def test_symmetries_form_the_96_element_group():
+    """96 distinct transforms, identity first, closed under composition, 48 with phi -> 1-phi."""
+    rng = np.random.default_rng(0)
+    phi = rng.random((3, 3, 3))
+    images = [augment(phi, k) for k in range(96)]
+    keys = {im.round(12).tobytes(): k for k, im in enumerate(images)}
+    assert len(SYMMETRIES) == 96 and len(keys) == 96
+    np.testing.assert_array_equal(images[0], phi)
+    assert sum(s.invert for s in SYMMETRIES) == 48
+    for i in range(0, 96, 7):
+        for j in range(96):
+            assert augment(images[i], j).round(12).tobytes() in keys  # closure
+
+
+def test_augment_numpy_and_torch_agree_on_sequences():
+    seq = np.random.default_rng(1).random((2, 5, 4, 4, 4)).astype(np.float32)
+    for k in range(96):
+        np.testing.assert_array_equal(augment(torch.from_numpy(seq), k).numpy(), augment(seq, k))
+        # one transform for all frames: frame-wise application equals whole-sequence application
+        np.testing.assert_array_equal(augment(seq[0, 3], k), augment(seq, k)[0, 3])
+
+
+def test_every_symmetry_commutes_with_the_cahn_hilliard_flow():
+    """Evolving the transformed IC equals transforming the evolution, for all 96 transforms."""
+    rng = np.random.default_rng(2)
+    phi0 = 0.45 + 0.15 * rng.standard_normal((12, 12, 12))  # no symmetry, off-critical mean
+    run = lambda p: physics.simulate(p, 2, solver="spectral", dtype=torch.float64)  # noqa: E731
+    ref = run(phi0)
+    assert np.abs(ref[-1] - ref[0]).max() > 0.1  # the flow really changes phi
+    for k in range(96):
+        np.testing.assert_allclose(run(augment(phi0, k)), augment(ref, k), atol=2e-6,
+                                   err_msg=f"symmetry {k}")
+    # control: every non-identity transform really moves the data, so the equality is not trivial
+    assert min(np.abs(augment(ref, k) - ref).max() for k in range(1, 96)) > 0.1
+
+
+def test_non_cubic_grids_only_use_shape_preserving_symmetries():
+    assert len(allowed_symmetries((8, 8, 8))) == 96
+    assert len(allowed_symmetries((5, 4, 8, 8))) == 2 * 2 * 8  # swap Y<->X or not, 8 flips, invert
+    assert len(allowed_symmetries((4, 6, 8))) == 16
+    seq = np.zeros((3, 4, 6, 8), np.float32)
+    assert all(augment(seq, k).shape == seq.shape for k in allowed_symmetries(seq.shape))
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def test_curriculum_grows_from_last_frame_to_whole_sequence():
+    # 6 frames: generate 1 frame at epoch 0, ..., all 5 from the IC from epoch curriculum_epochs on
+    assert [curriculum_length(e, 6, 4) for e in range(7)] == [1, 2, 3, 4, 5, 5, 5]
+    assert [curriculum_length(e, 6, 0) for e in range(3)] == [5, 5, 5]
+    ramp = [curriculum_length(e, 50, 25) for e in range(30)]  # the paper: 50 frames, 25 epochs
+    assert ramp[0] == 1 and ramp[25:] == [49] * 5 and all(np.diff(ramp) >= 0)
+    assert [curriculum_length(e, 6, 10) for e in range(11)] == [1, 1, 1, 2, 2, 3, 3, 3, 4, 4, 5]
+
+
+def test_best_epoch_is_latest_until_full_length_then_lowest_full_validation_loss():
+    def rec(epoch, n_gen, val_full):
+        return {"epoch": epoch, "curriculum_length": n_gen, "full_length": 4,
+                "val_loss_full": val_full}
+
+    history = [rec(0, 1, 0.1), rec(1, 2, 0.5)]
+    assert select_best_epoch(history) == 1  # curriculum not finished: the latest epoch
+    history += [rec(2, 4, 0.3), rec(3, 4, 0.2), rec(4, 4, 0.25), rec(5, 4, 0.2)]
+    assert select_best_epoch(history) == 3  # lowest full-length loss, first on ties
+
+
+# ----------------------------------------------------------------------------- training runs
+
+CONFIG = TrainConfig(epochs=3, lr=1e-2, batch_size=2, curriculum_epochs=1, seed=3, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """4 Cahn-Hilliard sequences of 5 frames on 16^3 (8^3 after downscale): 3 train, 1 val."""
+    from napari_chflow.dataset import DatasetConfig, generate_dataset
+
+    out = tmp_path_factory.mktemp("dataset")
+    config = DatasetConfig(n_seq=4, frames=5, size=16, solver="spectral", later_start_fraction=0,
+                           perlin_scales=(8.0,), perlin_layers=(1,), seed=1)
+    generate_dataset(out, config, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_dataset, tmp_path_factory) -> tuple[Path, list[dict]]:
+    """Uninterrupted 3-epoch run of CONFIG; returns (out_dir, callback events)."""
+    out = tmp_path_factory.mktemp("reference")
+    events: list[dict] = []
+    best = train(tiny_dataset, out, CONFIG, progress=False, callback=events.append)
+    assert best == out / "best.pt"
+    return out, events
+
+
+def _history(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    """Bitwise-equal weights and optimizer state in last.pt, identical loss history."""
+    ma, mb = load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt")
+    for (name, pa), pb in zip(ma.state_dict().items(), mb.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    oa, ob = (m.extra["train_state"]["optimizer"]["state"] for m in (ma, mb))
+    assert oa.keys() == ob.keys()
+    assert all(torch.equal(oa[k][s], ob[k][s]) for k in oa for s in ("exp_avg", "exp_avg_sq"))
+    drop = lambda h: {k: v for k, v in h.items() if k != "seconds"}  # noqa: E731 - timing varies
+    assert [drop(h) for h in _history(a)] == [drop(h) for h in _history(b)]
+
+
+def test_training_beats_persistence_and_writes_its_outputs(tiny_dataset, tmp_path):
+    config = dataclasses.replace(CONFIG, batch_size=1, curriculum_epochs=0, seed=0)
+    best = train(tiny_dataset, tmp_path, config, progress=False)
+    history = _history(tmp_path)
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert history[-1]["val_loss_full"] < history[0]["val_loss_full"]
+    # the trained model beats persistence (predicting that phi stays at its initial condition)
+    val = load_sequences(load_dataset(tiny_dataset).val, downscale=2)
+    persistence = float(((val[:, 1:] - val[:, :1]) ** 2).mean())
+    model = load_checkpoint(best)
+    with torch.no_grad():
+        trained = float(sample_losses(model, val, val.shape[1] - 1).mean())
+    assert trained < 0.8 * persistence
+    assert trained == pytest.approx(min(h["val_loss_full"] for h in history), rel=1e-5)
+    # the checkpoint knows how it was made
+    recipe = model.info.recipe
+    assert recipe["train_config"]["lr"] == 1e-2 and recipe["hardware"]["world_size"] == 1
+    assert model.info.downscale == 2 and model.info.tau == 0.5 and model.info.data["n_train"] == 3
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_curriculum_and_best_checkpoint_in_a_run(tiny_dataset, reference_run):
+    out, events = reference_run
+    history = _history(out)
+    lengths = [curriculum_length(e, 5, 1) for e in range(3)]
+    assert [h["curriculum_length"] for h in history] == lengths == [1, 4, 4]
+    batches = [e for e in events if e["event"] == "batch"]  # 3 sequences in batches of 2
+    assert [e["curriculum_length"] for e in batches] == [1, 1, 4, 4, 4, 4]
+    epochs = [e for e in events if e["event"] == "epoch"]
+    assert [e["val_loss"] for e in epochs] == [h["val_loss"] for h in history]
+    # best.pt holds the weights of the full-length epoch with the lowest full-sequence val loss
+    model = load_checkpoint(out / "best.pt")
+    recipe = model.info.recipe
+    full = [h for h in history if h["curriculum_length"] == 4]
+    expected = min(full, key=lambda h: h["val_loss_full"])["epoch"]
+    assert recipe["best_epoch"] == select_best_epoch(history) == expected
+    assert recipe["epochs_done"] == recipe["best_epoch"] + 1
+    val = load_sequences(load_dataset(tiny_dataset).val, downscale=2)
+    with torch.no_grad():
+        loss = float(sample_losses(model, val, 4).mean())
+    assert loss == pytest.approx(recipe["best_val_loss_full"], rel=1e-5)
+
+
+def test_stop_mid_epoch_then_resume_equals_uninterrupted(tiny_dataset, reference_run, tmp_path):
+    seen = []
+    stop = lambda: len(seen) >= 3  # noqa: E731 - 2 batches of epoch 0, then 1 of epoch 1
+    train(tiny_dataset, tmp_path, CONFIG, progress=False,
+          callback=lambda e: seen.append(e) if e["event"] == "batch" else None, should_stop=stop)
+    assert [h["epoch"] for h in _history(tmp_path)] == [0]  # the partial epoch 1 was dropped
+    assert load_checkpoint(tmp_path / "last.pt").extra["train_state"]["epoch"] == 0
+    with pytest.raises(TrainingError, match="resume=True"):
+        train(tiny_dataset, tmp_path, CONFIG, progress=False)
+    with pytest.raises(TrainingError, match="seed"):
+        train(tiny_dataset, tmp_path, dataclasses.replace(CONFIG, seed=7), resume=True,
+              progress=False)
+    train(tiny_dataset, tmp_path, None, resume=True, progress=False)  # None: the stored config
+    _assert_same_run(reference_run[0], tmp_path)
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tiny_dataset, reference_run, tmp_path):
+    """A real ``kill -9`` right after the first checkpoint, then ``resume=True``."""
+    cmd = [sys.executable, "-m", "napari_chflow.training", str(tiny_dataset), "-o", str(tmp_path),
+           "--epochs", "100", "--lr", str(CONFIG.lr), "--batch-size", str(CONFIG.batch_size),
+           "--curriculum-epochs", str(CONFIG.curriculum_epochs), "--seed", str(CONFIG.seed),
+           "--threads", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "last.pt").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = load_checkpoint(tmp_path / "last.pt").extra["train_state"]["epoch"]
+    assert done < 2  # killed early enough for the resume to have work left
+    train(tiny_dataset, tmp_path, CONFIG, resume=True, progress=False)
+    _assert_same_run(reference_run[0], tmp_path)
