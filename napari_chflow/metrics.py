@@ -56,9 +56,9 @@ def interface_displacement(phi, phi_ref) -> float:
     return float(np.sqrt(((a - b) ** 2).sum() / denom))
 
 
-def mass(phi) -> float:
-    """Total amount of phase 1: ``sum(phi)`` over voxels (float64)."""
-    return float(_f64(phi).sum())
+def mass(phi, spacing: float = 1.0) -> float:
+    """Total amount of phase 1: ``sum(phi) * spacing^3`` (float64; volume in grid units)."""
+    return float(_f64(phi).sum()) * spacing**3
 
 
 def coarsening_exponent(t, free_energy, t_min: float | None = None, t_max: float | None = None) -> float:
@@ -78,8 +78,8 @@ def coarsening_exponent(t, free_energy, t_min: float | None = None, t_max: float
     return float(slope)
 
 
-def traces(seq, ref=None, eps: float = EPS, tau: float = TAU) -> dict[str, np.ndarray]:
-    """Per-frame metrics of a sequence ``(T, Z, Y, X)``.
+def traces(seq, ref=None, eps: float = EPS, tau: float = TAU, spacing: float = 1.0) -> dict[str, np.ndarray]:
+    """Per-frame metrics of a sequence ``(T, Z, Y, X)`` with voxel size ``spacing``.
 
     Keys: ``t`` (T,), ``free_energy_density`` (F/V), ``mass``; with ``ref`` (same shape, the
     ground truth) also ``rmse``, ``interface_displacement`` and ``free_energy_density_ref``,
@@ -88,11 +88,11 @@ def traces(seq, ref=None, eps: float = EPS, tau: float = TAU) -> dict[str, np.nd
     n = len(seq) if ref is None else min(len(seq), len(ref))
     out = {
         "t": np.arange(n) * tau,
-        "free_energy_density": np.array([free_energy_density(seq[i], eps) for i in range(n)]),
-        "mass": np.array([mass(seq[i]) for i in range(n)]),
+        "free_energy_density": np.array([free_energy_density(seq[i], eps, spacing) for i in range(n)]),
+        "mass": np.array([mass(seq[i], spacing) for i in range(n)]),
     }
     if ref is not None:
         out["rmse"] = np.array([rmse(seq[i], ref[i]) for i in range(n)])
         out["interface_displacement"] = np.array([interface_displacement(seq[i], ref[i]) for i in range(n)])
-        out["free_energy_density_ref"] = np.array([free_energy_density(ref[i], eps) for i in range(n)])
+        out["free_energy_density_ref"] = np.array([free_energy_density(ref[i], eps, spacing) for i in range(n)])
     return out

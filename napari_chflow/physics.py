@@ -129,16 +129,20 @@ def grad_sq(phi: torch.Tensor) -> torch.Tensor:
     return sum((torch.roll(phi, -1, dims=d) - phi) ** 2 for d in (-3, -2, -1))
 
 
-def free_energy(phi, eps: float = EPS) -> float:
-    """F = sum over voxels of g(phi) + eps/2 |grad phi|^2 (forward differences), float64."""
+def free_energy(phi, eps: float = EPS, spacing: float = 1.0) -> float:
+    """F = sum over voxels of [g(phi) + eps/2 |grad phi|^2] * spacing^3, float64.
+
+    Forward differences; ``spacing`` is the voxel size in grid units of the model (1 for the
+    solvers' grid, 2 for the CRNN's x1/2 grid), so coarse and fine grids measure the same F.
+    """
     t = _as_tensor(phi).to(torch.float64)
     bulk = (18.0 / eps) * (t * (1 - t)) ** 2
-    return float((bulk + 0.5 * eps * grad_sq(t)).sum())
+    return float((bulk + (0.5 * eps / spacing**2) * grad_sq(t)).sum()) * spacing**3
 
 
-def free_energy_density(phi, eps: float = EPS) -> float:
-    """F/V: :func:`free_energy` divided by the number of voxels."""
-    return free_energy(phi, eps) / int(np.prod(phi.shape[-3:]))
+def free_energy_density(phi, eps: float = EPS, spacing: float = 1.0) -> float:
+    """F/V: :func:`free_energy` divided by the volume (voxels * spacing^3)."""
+    return free_energy(phi, eps, spacing) / (int(np.prod(phi.shape[-3:])) * spacing**3)
 
 
 # --------------------------------------------------------------------------- solvers

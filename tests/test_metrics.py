@@ -72,3 +72,12 @@ def test_traces_bundle():
     assert tr["interface_displacement"][0] == 0.0
     assert tr["interface_displacement"][2] == pytest.approx(0.2, rel=0.05)
     assert set(tr) >= {"rmse", "free_energy_density", "free_energy_density_ref", "mass"}
+
+
+def test_free_energy_density_is_grid_independent_with_spacing():
+    # the same physical slab (eps = 6 so both grids resolve it) sampled at spacing 1 and 2
+    fine = _slab(0.0, eps=6.0)
+    coarse = fine[::2, ::2, ::2]
+    f_fine = free_energy_density(fine, 6.0)
+    assert free_energy_density(coarse, 6.0, spacing=2.0) == pytest.approx(f_fine, rel=0.05)
+    assert free_energy_density(coarse, 6.0) > 1.5 * f_fine  # wrong spacing: clearly off
