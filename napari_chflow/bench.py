@@ -1,17 +1,33 @@
 """Side-by-side speed measurements: seconds per tau of physical time for each method, measured in
 one run so that the ratios to the explicit reference are meaningful on a noisy machine.
+
+:func:`solver_timings` times in this process. :func:`isolated_timings` runs every (method, size)
+in a fresh spawned process and also records its peak memory: on CPU the growth of the process's
+maximum resident set (``getrusage(RUSAGE_SELF).ru_maxrss``) over the idle process after imports
+and setup, on CUDA ``torch.cuda.max_memory_allocated`` over what was allocated before the run.
+:func:`cost_exponent` fits cost ~ N^alpha, N = size^3 collocation points of the full grid.
 """
 
 from __future__ import annotations
 
+import math
+import multiprocessing
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from . import physics
 from .seeds import perlin
+
+
+def default_n_tau(method: str, size: int) -> int:
+    """Tau per measurement: explicit 1 at >= 128^3 (about 4 s on 2 CPU cores), else 2; others 8."""
+    return (1 if size >= 128 else 2) if method == "explicit" else 8
 
 
 @dataclass(frozen=True)
@@ -22,6 +38,7 @@ class Timing:
     size: int
     seconds_per_tau: float
     n_tau: int
+    peak_bytes: int | None = None  # peak extra memory of the run, when measured (isolated_timings)
 
 
 def seconds_per_tau(frames: Iterator[np.ndarray], n_tau: int) -> float:
@@ -49,7 +66,7 @@ def solver_timings(
     at 128^3, 2 otherwise for explicit, 8 for the others). Each measurement is preceded by a
     1-tau warm-up at the same size.
     """
-    n_tau = n_tau or (lambda m, n: (1 if n >= 128 else 2) if m == "explicit" else 8)
+    n_tau = n_tau or default_n_tau
     methods: dict[str, Callable[[np.ndarray, int], Iterator[np.ndarray]]] = {
         s: (lambda phi0, k, s=s: physics.iter_simulate(phi0, k, solver=s, device=device))
         for s in physics.SOLVERS
@@ -82,3 +99,169 @@ def format_table(timings: list[Timing], reference: str = "explicit") -> str:
             cells.append(f"{by[(m, n)]:.4g} ({ratio:.1f}x)")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- isolated runs + memory
+
+
+def _runner(method: str, device, model=None) -> Callable[[np.ndarray, int], Iterator[np.ndarray]]:
+    """``run(phi0, n_tau)`` -> frame iterator for a solver name or ``"crnn"`` (needs ``model``)."""
+    if method in physics.SOLVERS:
+        return lambda phi0, k: physics.iter_simulate(phi0, k, solver=method, device=device)
+    if method == "crnn":
+        from .model import iter_rollout
+
+        return lambda phi0, k: iter_rollout(model, phi0, k, device=device)
+    raise ValueError(f"unknown method {method!r}: use one of {', '.join((*physics.SOLVERS, 'crnn'))}")
+
+
+def _max_rss_bytes() -> int:
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB
+
+
+def _measure(method: str, size: int, n_tau: int, device, threads: int,
+             checkpoint: str | None) -> Timing:
+    """Body of one isolated measurement (runs in a fresh process): setup, baseline memory,
+    1-tau warm-up, ``n_tau`` timed tau, peak memory."""
+    import gc
+
+    import torch
+
+    torch.set_num_threads(threads)
+    model = None
+    if method == "crnn":
+        from .model import load_checkpoint
+
+        model = load_checkpoint(checkpoint, device=device)
+    dev = physics.resolve_device(device)
+    run = _runner(method, device, model)
+    phi0 = perlin((size,) * 3, mean=0.5, seed=1)
+    gc.collect()
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+    else:
+        base = _max_rss_bytes()
+    seconds_per_tau(run(phi0, 1), 1)
+    sec = seconds_per_tau(run(phi0, n_tau), n_tau)
+    peak = (torch.cuda.max_memory_allocated(dev) if cuda else _max_rss_bytes()) - base
+    return Timing(method, size, sec, n_tau, max(int(peak), 0))
+
+
+def isolated_timings(
+    sizes: Iterable[int] = (32, 64, 128),
+    methods: Iterable[str] = ("explicit", "spectral", "crnn"),
+    model=None,
+    n_tau: Callable[[str, int], int] | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+) -> list[Timing]:
+    """Seconds per tau and peak memory of each method and size, each in a fresh spawned process
+    (so one method's allocations and caches do not count against the next).
+
+    ``"crnn"`` needs ``model`` (a :class:`~napari_chflow.model.CRNN`); it is handed over as a
+    temporary checkpoint. ``threads`` (default: this process's torch thread count) is set in
+    every child. Returns :class:`Timing` with ``peak_bytes`` filled in.
+    """
+    import torch
+
+    from .model import save_checkpoint
+
+    methods = list(methods)
+    if "crnn" in methods and model is None:
+        raise ValueError("timing 'crnn' needs a model: pass model=load_pretrained() or drop 'crnn'")
+    for m in methods:
+        if m not in (*physics.SOLVERS, "crnn"):
+            raise ValueError(f"unknown method {m!r}: use explicit, spectral or crnn")
+    physics.resolve_device(device)
+    n_tau = n_tau or default_n_tau
+    threads = int(threads or torch.get_num_threads())
+    ctx = multiprocessing.get_context("spawn")
+    out = []
+    with tempfile.TemporaryDirectory(prefix="chflow-bench-") as tmp:
+        ckpt = None
+        if model is not None and "crnn" in methods:
+            ckpt = str(save_checkpoint(Path(tmp) / "model.pt", model, recipe=model.info.recipe,
+                                       data=model.info.data))
+        for size in sizes:
+            for m in methods:
+                with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+                    out.append(pool.submit(_measure, m, int(size), n_tau(m, int(size)), device,
+                                           threads, ckpt).result())
+    return out
+
+
+# --------------------------------------------------------------------------- analysis + tables
+
+
+def cost_exponent(timings: list[Timing], method: str) -> float:
+    """Least-squares ``alpha`` in ``seconds_per_tau ~ N^alpha`` over the sizes timed for
+    ``method`` (N = size^3, the full-grid collocation points). NaN with fewer than 2 sizes."""
+    pts = sorted((t.size, t.seconds_per_tau) for t in timings if t.method == method)
+    if len({n for n, _ in pts}) < 2:
+        return float("nan")
+    n = np.array([3 * math.log(s) for s, _ in pts])
+    y = np.array([math.log(v) for _, v in pts])
+    return float(np.polyfit(n, y, 1)[0])
+
+
+def ratios(timings: list[Timing],
+           reference: str = "explicit") -> dict[tuple[str, int], dict[str, float]]:
+    """Per ``(method, size)``: ``speedup`` = reference s/tau / method s/tau and ``memory`` =
+    method peak / reference peak (NaN where not measured), both from the same run."""
+    by = {(t.method, t.size): t for t in timings}
+    out = {}
+    for (m, n), t in by.items():
+        ref = by.get((reference, n))
+        speed = ref.seconds_per_tau / t.seconds_per_tau if ref else float("nan")
+        mem = (t.peak_bytes / ref.peak_bytes if ref and ref.peak_bytes and t.peak_bytes is not None
+               else float("nan"))
+        out[(m, n)] = {"speedup": speed, "memory": mem}
+    return out
+
+
+def format_memory_table(timings: list[Timing], reference: str = "explicit") -> str:
+    """Markdown table: peak extra memory (MiB) per method and size, and the ratio to ``reference``."""
+    sizes = sorted({t.size for t in timings})
+    methods = list(dict.fromkeys(t.method for t in timings))
+    by = {(t.method, t.size): t for t in timings}
+    r = ratios(timings, reference)
+    lines = ["| method | " + " | ".join(f"{n}^3 peak MiB (x vs {reference})" for n in sizes) + " |"]
+    lines.append("|---|" + "---|" * len(sizes))
+    for m in methods:
+        cells = []
+        for n in sizes:
+            t = by.get((m, n))
+            if t is None or t.peak_bytes is None:
+                cells.append("-")
+                continue
+            ratio = r[(m, n)]["memory"]
+            cells.append(f"{t.peak_bytes / 2**20:.1f} ({ratio:.2f}x)" if math.isfinite(ratio)
+                         else f"{t.peak_bytes / 2**20:.1f}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_scaling(timings: list[Timing]) -> str:
+    """One line: the fitted cost exponent alpha (s/tau ~ N^alpha) of each method."""
+    methods = list(dict.fromkeys(t.method for t in timings))
+    parts = [f"{m} N^{cost_exponent(timings, m):.2f}" for m in methods]
+    return "cost growth with N = size^3 (s/tau ~ N^alpha): " + ", ".join(parts)
+
+
+def format_report(timings: list[Timing], device: str | None = None, threads: int | None = None) -> str:
+    """What ``chflow bench`` prints: a header line (device, threads), the speed table, the cost
+    exponents and, when measured, the memory table."""
+    import torch
+
+    head = f"device {device or 'cpu'}, torch threads {threads or torch.get_num_threads()}"
+    parts = [head, format_table(timings), format_scaling(timings)]
+    if any(t.peak_bytes is not None for t in timings):
+        parts.append(format_memory_table(timings))
+    return "\n\n".join(parts)

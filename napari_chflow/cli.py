@@ -185,10 +185,11 @@ def _cmd_bench(args) -> None:
 
 
 def _cmd_validate(args) -> None:
-    from .validate import preset, validate
+    from .validate import parse_overrides, preset, validate
 
-    config = preset(args.scale, device=args.device, threads=args.threads, bunny_path=args.bunny,
-                    memory=False if args.no_memory else None)
+    settings = {"device": args.device, "threads": args.threads, "bunny_path": args.bunny,
+                "memory": False if args.no_memory else None, **parse_overrides(args.set)}
+    config = preset(args.scale, **settings)
     model = _load_model(args.model, config.device)
     command = ["chflow", "validate", "--scale", args.scale]
     for flag, value, default in (("--model", args.model, "default"), ("--device", args.device, None),
@@ -197,6 +198,7 @@ def _cmd_validate(args) -> None:
         if value != default:
             command += [flag, str(value)]
     command += ["--no-memory"] if args.no_memory else []
+    command += [f"--set '{item}'" for item in args.set]
     path = validate(model, config, out_dir=args.output, command=" ".join(command),
                     model_source=args.model, progress=not args.quiet)
     print(f"wrote {path} and {Path(args.output) / 'validation'}/*.png")
@@ -304,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Stanford bunny .ply (default: CHFLOW_BUNNY_PATH, else download)")
     s.add_argument("--no-memory", action="store_true",
                    help="time in this process, skip the peak-memory measurement")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset field, e.g. --set coarsen_n_tau=2000 (repeatable)")
     s.add_argument("--quiet", action="store_true", help="no progress lines")
     s.add_argument("-o", "--output", default="docs", help="folder for validation.md (default docs)")
     s.set_defaults(func=_cmd_validate)

@@ -1,0 +1,157 @@
+"""Validation report: checks against the paper's numbers, F/V on a coarse grid, held-out ICs, and
+a tiny end-to-end report (every section, figures under 300 KB)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from napari_chflow import physics
+from napari_chflow.dataset import DatasetConfig, sequence_params
+from napari_chflow.model import CRNN, downsample, upsample
+from napari_chflow.validate import (
+    MAX_PNG_BYTES,
+    Check,
+    TrainingSpec,
+    ValidationError,
+    heldout_ics,
+    parse_overrides,
+    preset,
+    record_frames,
+    shortfalls,
+    training_spec,
+    validate,
+)
+
+SECTIONS = ("## Summary", "## Where we fall short", "## 1. Time extrapolation",
+            "## 2. Domain extrapolation", "## 3. Stanford bunny",
+            "## 4. Coarsening and free-energy decay", "## 5. Ensemble of random initial conditions",
+            "## 6. Speed and memory", "## Reproduce")
+
+
+def test_check_flags_a_number_beyond_the_paper_and_says_by_how_much():
+    bad = Check("1. time", "δ at 10x", 4.5, "δ ≲ ε = 3", 3.0, "max", " grid units")
+    good = replace(bad, ours=2.0)
+    slow = Check("6. speed", "CRNN speed-up", 25.0, "≈ 10^3", 1000.0, "min", "x")
+    lost = replace(bad, ours=float("nan"))
+    assert not bad.ok and good.ok and not slow.ok and not lost.ok
+    assert good.shortfall() is None
+    assert "4.5 grid units" in bad.shortfall() and "50% above" in bad.shortfall()
+    assert "a factor 40 below" in slow.shortfall()
+    assert "could not be measured" in lost.shortfall()
+    assert shortfalls([good, bad, slow]) == [bad.shortfall(), slow.shortfall()]
+    pct = Check("4. coarsening", "max relative F/V error", 0.11, "< 5.5%", 0.055, percent=True)
+    assert pct.shortfall().startswith(
+        "4. coarsening: max relative F/V error = 11%, 2 times the limit 5.5%")
+
+
+def test_fv_is_compared_on_the_model_grid_because_upsampling_inflates_it():
+    x = np.arange(32)
+    phi = (0.5 + 0.45 * np.sin(2 * np.pi * x / 32))[None, None, :] * np.ones((32, 32, 1))
+    phi = phi.astype(np.float32)
+
+    def gradient_part(field, spacing=1):  # F/V minus the bulk term (18/eps) phi^2 (1-phi)^2
+        f = field.astype(np.float64)
+        bulk = float(np.mean(6.0 * f**2 * (1 - f) ** 2))
+        return physics.free_energy_density(field, 3.0, spacing) - bulk
+
+    fine = gradient_part(phi)
+    coarse = gradient_part(downsample(phi, 2), spacing=2)
+    staircase = gradient_part(upsample(downsample(phi, 2), 2))
+    assert fine > 0
+    assert coarse == pytest.approx(fine, rel=0.02)  # resolution-independent for a smooth field
+    assert staircase == pytest.approx(2 * fine, rel=0.05)  # nearest upsampling doubles |grad|^2
+
+
+def test_record_frames_dense_start_log_tail_and_requested_times():
+    f = record_frames(1000, n_log=20, dense=10, extra=[19, 190, 5000])
+    assert list(f[:11]) == list(range(11))
+    assert f[-1] == 1000 and 19 in f and 190 in f and 5000 not in f
+    assert np.all(np.diff(f) > 0)
+    assert list(record_frames(3)) == [0, 1, 2, 3]
+
+
+def test_training_spec_reads_the_checkpoint_description():
+    cfg = DatasetConfig(n_seq=6, frames=30, size=32, seed=7, solver="spectral")
+    model = CRNN(data={"config": cfg.to_dict()}, recipe={"train_config": {"frames": 20}})
+    spec = training_spec(model)
+    assert (spec.size, spec.frames, spec.n_tau, spec.known) == (32, 20, 19, True)
+    assert spec.train_seeds == {sequence_params(cfg, i)["seed"] for i in range(6)}
+    blank = training_spec(CRNN())
+    assert (blank.size, blank.n_tau, blank.known) == (64, 49, False)
+
+
+def test_heldout_ics_avoid_training_seeds_and_have_mean_one_half():
+    cfg = DatasetConfig(n_seq=5, size=16, seed=3)
+    first = heldout_ics(TrainingSpec(16, 10, 0.5, True, cfg), 2, 16)
+    # pretend the first held-out Perlin seed was a training seed: it must be skipped
+    spec = TrainingSpec(16, 10, 0.5, True, cfg, frozenset({first[0][1]["seed"]}))
+    ics = heldout_ics(spec, 2, 16)
+    assert ics[0][1]["seed"] == first[1][1]["seed"]
+    assert all(p["seed"] not in spec.train_seeds for _, p in ics)
+    for phi, p in ics:
+        assert phi.shape == (16, 16, 16) and phi.dtype == np.float32
+        assert float(phi.mean()) == pytest.approx(0.5, abs=1e-5)
+        assert p["dataset_seed"] == 3 + 10_000
+
+
+def test_preset_overrides_and_bad_settings():
+    cfg = preset("tiny", memory=False, threads=None)
+    assert cfg.scale == "tiny" and cfg.memory is False and cfg.threads is None
+    sets = parse_overrides(["coarsen_n_tau=40", "bench_sizes=[8, 12]", "long_solver=explicit"])
+    assert sets == {"coarsen_n_tau": 40, "bench_sizes": (8, 12), "long_solver": "explicit"}
+    assert preset("cpu", **sets).coarsen_n_tau == 40
+    with pytest.raises(ValidationError, match="KEY=VALUE"):
+        parse_overrides(["coarsen-size"])
+    with pytest.raises(ValidationError, match="solvers"):
+        preset("tiny", long_solver="magic")
+    with pytest.raises(ValidationError, match="scale"):
+        preset("huge")
+    with pytest.raises(ValidationError, match="ValidationConfig"):
+        preset("tiny", sizes=3)
+    assert preset("cpu").ensemble_n >= 20 and preset("full").coarsen_size == 128
+
+
+def test_tiny_report_has_every_section_small_figures_and_flags_an_untrained_model(tmp_path, bunny_path):
+    torch.manual_seed(0)
+    model = CRNN()  # untrained: phi barely moves, so F/V does not decay as the solver's does
+    cfg = replace(preset("tiny"), time_factors=(2, 10), coarsen_n_tau=40, bench_sizes=(8, 12),
+                  memory=False, n_record=12, bunny_path=str(bunny_path), threads=1)
+    report = validate(model, cfg, out_dir=tmp_path, command="chflow validate --scale tiny",
+                      progress=False)
+    text = report.read_text()
+    assert report == tmp_path / "validation.md"
+    for title in SECTIONS:
+        assert title in text
+    links = re.findall(r"!\[[^\]]*\]\((validation/[^)]+\.png)\)", text)
+    assert len(links) == 7
+    for link in links:
+        png = tmp_path / link
+        assert png.is_file() and 0 < png.stat().st_size < MAX_PNG_BYTES
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    falls = text.split("## Where we fall short")[1].split("\n## ")[0]
+    assert "4. coarsening: max relative F/V error" in falls  # untrained model is flagged
+    assert "mass drift" not in falls  # the divergence layer conserves mass even untrained
+    # the spectral ground truth stays close to the explicit solver
+    m = re.search(r"stays within δ = ([0-9.e-]+) grid units", text)
+    assert m and float(m.group(1)) < 0.1
+    speed = text.split("## 6. Speed and memory")[1]
+    assert re.search(r"\| explicit \| 8\^3 \| 2 \| [0-9.e-]+ \| 1 \|", speed)
+    assert "chflow validate --scale tiny" in text.split("## Reproduce")[1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_validate_on_cuda_without_gpu_is_a_one_line_error(tmp_path, capsys):
+    from napari_chflow.cli import main
+    from napari_chflow.model import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "m.pt", CRNN(), recipe={}, data={})
+    assert main(["validate", "--scale", "tiny", "--model", str(ckpt), "--device", "cuda",
+                 "-o", str(tmp_path / "docs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cuda" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "docs" / "validation.md").exists()
