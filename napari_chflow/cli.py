@@ -147,7 +147,8 @@ def _cmd_dataset(args) -> None:
     )
     done = generate_dataset(args.output, config, shard=parse_shard(args.shard), workers=args.workers,
                             progress=not args.quiet, device=args.device)
-    print(f"{args.output}: {done}")
+    state = "stopped early (run the same command to finish)" if done["stopped"] else "done"
+    print(f"{args.output}: generated {len(done['generated'])}, already present {len(done['skipped'])}; {state}")
 
 
 def _cmd_train(args) -> None:

@@ -1,0 +1,95 @@
+"""The work behind "Evolve and compare", Qt-free so it runs in a worker thread (and in tests).
+
+:func:`compare_frames` steps the physics solver (:func:`napari_chflow.physics.iter_simulate`) and
+the CRNN (:func:`napari_chflow.model.iter_rollout`) in lockstep, one ``tau`` at a time, and
+computes the per-frame metrics as ``chflow compare`` does
+(:func:`napari_chflow.compare.paired_traces`), so the GUI thread only copies arrays into layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_MODEL = "default (shipped)"
+# one row of metrics per frame: the CRNN against the solver (suffix _ref: the solver's own value)
+COLUMNS = ("t", "rmse", "interface_displacement", "free_energy_density", "free_energy_density_ref",
+           "mass", "mass_ref")
+
+
+@dataclass(frozen=True)
+class ComparedFrame:
+    """Frame ``index`` (time ``t = index * tau``) of both runs.
+
+    ``solver``: ``(Z, Y, X) float32`` on the seed grid; ``crnn``: ``(Z/d, Y/d, X/d) float32`` on
+    the model grid (``downscale`` d); ``diff``: ``|upsample(crnn) - solver|`` on the seed grid;
+    ``metrics``: one row keyed like :data:`COLUMNS` (the solver is the reference, suffix ``_ref``).
+    """
+
+    index: int
+    t: float
+    tau: float
+    downscale: int
+    solver: np.ndarray
+    crnn: np.ndarray
+    diff: np.ndarray
+    metrics: dict
+
+
+def load_model(spec: str, device: str | None = None):
+    """``spec`` is :data:`DEFAULT_MODEL` (the bundled model) or a checkpoint path; raises
+    :class:`napari_chflow.model.CheckpointError` with the reason when it cannot be used."""
+    from napari_chflow.model import load_checkpoint, load_pretrained
+
+    if spec == DEFAULT_MODEL:
+        return load_pretrained("default", device=device)
+    return load_checkpoint(spec, device=device)
+
+
+def paired_rows(ref: np.ndarray, pred: np.ndarray, downscale: int, eps: float = 3.0,
+                tau: float = 0.5) -> dict[str, np.ndarray]:
+    """Columns :data:`COLUMNS` for a solver sequence ``ref`` ``(T, Z, Y, X)`` and a CRNN sequence
+    ``pred`` on its x1/``downscale`` grid, by :func:`napari_chflow.compare.paired_traces` (errors
+    on the full grid, F/V and mass of each run on its own grid, as ``chflow compare``)."""
+    from napari_chflow.compare import paired_traces
+
+    gt, nn = paired_traces(ref, pred, downscale, eps=eps, tau=tau)
+    return {"t": gt["t"], "rmse": nn["rmse"],
+            "interface_displacement": nn["interface_displacement"],
+            "free_energy_density": nn["free_energy_density"],
+            "free_energy_density_ref": gt["free_energy_density"],
+            "mass": nn["mass"], "mass_ref": gt["mass"]}
+
+
+def frame_metrics(index: int, tau: float, solver: np.ndarray, crnn: np.ndarray, downscale: int,
+                  eps: float) -> dict[str, float]:
+    """One row of :data:`COLUMNS` for frame ``index`` (solver ``(Z, Y, X)``, CRNN on its grid)."""
+    rows = paired_rows(solver[None], crnn[None], downscale, eps=eps, tau=tau)
+    return {**{k: float(v[0]) for k, v in rows.items()}, "t": index * tau}
+
+
+def compare_frames(phi0: np.ndarray, n_tau: int, solver: str = "explicit", model=DEFAULT_MODEL,
+                   device: str | None = None) -> Iterator[ComparedFrame]:
+    """Yield ``n_tau + 1`` :class:`ComparedFrame` (frame 0 = the seed), solver and CRNN in lockstep.
+
+    ``model`` is a loaded :class:`~napari_chflow.model.CRNN` or a spec for :func:`load_model`.
+    The solver uses the model's physics (``tau``, ``eps``, ``mobility``). Errors propagate
+    (``CheckpointError``, ``SimulationDiverged``, ``RolloutDiverged``, ``ValueError``); stopping
+    the iteration cancels both runs.
+    """
+    from napari_chflow.model import iter_rollout, upsample
+    from napari_chflow.physics import iter_simulate
+
+    if isinstance(model, str):
+        model = load_model(model, device)
+    info = model.info
+    f = int(info.downscale)
+    sim = iter_simulate(phi0, n_tau, tau=info.tau, solver=solver, eps=info.eps,
+                        mobility=info.mobility, device=device)
+    net = iter_rollout(model, phi0, n_tau, device=device)
+    for k, (a, b) in enumerate(zip(sim, net)):
+        full = upsample(b, f) if f > 1 else b
+        yield ComparedFrame(k, k * info.tau, info.tau, f, a, b, np.abs(full - a),
+                            frame_metrics(k, info.tau, a, b, f, info.eps))
