@@ -246,10 +246,13 @@ def _spectral_stepper(phi: torch.Tensor, run: _Run):
     cache: dict[float, tuple[torch.Tensor, ...]] = {}
 
     def coefficients(s: float) -> tuple[torch.Tensor, ...]:
+        """hat' = F (G_prev - 2G) + A hat + B hat_prev, as (..., 2) tensors for view_as_real."""
         if s not in cache:
             cache.clear()
             den = 3.0 + 2.0 * dt * (mk_lin + s * mk)
-            cache[s] = tuple(x.unsqueeze(-1) for x in (-2.0 * dt * mk / den, 4.0 / den, -1.0 / den))
+            f = -2.0 * dt * mk / den
+            a, b = 4.0 / den - 2.0 * s * f, -1.0 / den + s * f
+            cache[s] = tuple(x.unsqueeze(-1).expand(*x.shape, 2).contiguous() for x in (-f, a, b))
         return cache[s]
 
     def step() -> None:
@@ -264,9 +267,8 @@ def _spectral_stepper(phi: torch.Tensor, run: _Run):
         hat, hat_prev, g, g_prev = st["hat"], st["hat_prev"], st["g"], st["g_prev"]
         bulk_fft(g)
         # (3 + 2dt MK(eps K + S)) hat' = 4 hat - hat_prev - 2dt MK (2G - G_prev - S (2 hat - hat_prev))
-        f, a, b = coefficients(s)
-        new = re(g_prev).mul_(-1.0).add_(re(g), alpha=2.0)  # 2G - G_prev
-        new.add_(re(hat_prev), alpha=s).add_(re(hat), alpha=-2.0 * s).mul_(f)
+        f_neg, a, b = coefficients(s)
+        new = re(g_prev).add_(re(g), alpha=-2.0).mul_(f_neg)  # -f (G_prev - 2G) = f (2G - G_prev)
         new.addcmul_(re(hat), a).addcmul_(re(hat_prev), b)
         st.update(hat=g_prev, hat_prev=hat, g=hat_prev, g_prev=g)
         torch.fft.irfftn(st["hat"], s=shape, out=phi)
