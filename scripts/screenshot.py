@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                             Qt.Horizontal)
     main_window.resizeDocks([docks["Evolve and compare"], docks["Traces"]], [300, 800], Qt.Vertical)
     docks["Seed volume"].raise_()
-    _wait(app, lambda: True)
+    # the plots render in a background thread: wait until the latest drawing is on screen
+    _wait(app, lambda: widgets["Traces"].view.idle and widgets["Train surrogate"].view.idle)
     out = Path(args.out)
     _save_png(viewer.screenshot(canvas_only=False, flash=False), out, args.max_kb * 1024)
     print(f"{out}: {out.stat().st_size / 1024:.0f} KB")

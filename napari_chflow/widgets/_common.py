@@ -7,6 +7,7 @@ them, "Train surrogate" publishes new checkpoints that "Evolve and compare" offe
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 from napari.layers import Image
 from napari.utils import notifications
 from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtGui import QImage, QPainter
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -228,3 +230,128 @@ class Throttle:
     def flush(self) -> None:
         if self._timer.isActive():
             self._fire()
+
+
+class _Relay(QObject):
+    """Lives on the GUI thread: a signal emitted from another thread is queued to it."""
+
+    done = Signal(object)
+
+
+class _RenderState:
+    """What the GUI thread and the render thread share, guarded by ``cond``."""
+
+    def __init__(self, figure, draw, relay: _Relay) -> None:
+        self.figure, self.draw, self.relay = figure, draw, relay
+        self.cond = threading.Condition()
+        self.job: tuple | None = None  # (serial, payload, width_px, height_px, pixel_ratio)
+        self.closed = False
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify()
+
+
+def _render_loop(state: _RenderState) -> None:
+    """Render thread: draw the latest job, send ``(serial, rgba, pixel_ratio)`` or an exception."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(state.figure)
+    rest_until = 0.0
+    while True:
+        with state.cond:
+            while not state.closed and (state.job is None or time.monotonic() < rest_until):
+                state.cond.wait(None if state.job is None else rest_until - time.monotonic())
+            if state.closed:
+                return
+            (serial, payload, width, height, ratio), state.job = state.job, None
+        started = time.monotonic()
+        try:
+            dpi = 100.0 * ratio
+            state.figure.set_dpi(dpi)
+            state.figure.set_size_inches(width / dpi, height / dpi, forward=False)
+            state.draw(payload)
+            canvas.draw()
+            result = (serial, np.asarray(canvas.buffer_rgba()).copy(), ratio)
+        except Exception as exc:  # noqa: BLE001 - any failure is re-raised on the GUI thread
+            result = (serial, exc, ratio)
+        rest_until = 2 * time.monotonic() - started  # draw at most half of the time
+        try:
+            state.relay.done.emit(result)
+        except RuntimeError:  # the widget was deleted meanwhile
+            return
+
+
+class BackgroundFigure(QWidget):
+    """A matplotlib ``figure`` drawn by a background thread and shown as an image.
+
+    :meth:`request` queues ``payload`` for ``draw(payload)``, which runs in the render thread (it
+    updates the figure's artists), followed by the Agg render at the widget's size; the GUI thread
+    only shows the finished pixels, so however slow matplotlib is, a redraw never blocks it. The
+    figure belongs to the render thread once requests start: read it, never change it, from the
+    GUI thread. Pending requests are merged (the latest payload wins) and the thread rests as long
+    as it drew before taking the next, so drawing takes at most half of one core; rate-limit
+    requests upstream too (e.g. :class:`Throttle`). :attr:`idle` tells whether the last request
+    is on screen.
+    """
+
+    rendered = Signal(int)  # serial of the render just shown
+
+    def __init__(self, figure, draw, parent=None) -> None:
+        super().__init__(parent)
+        self.figure = figure
+        self.requested = self.shown = 0
+        self._payload = None
+        self._image: QImage | None = None
+        self._relay = _Relay(self)
+        self._relay.done.connect(self._show)
+        self._state = state = _RenderState(figure, draw, self._relay)
+        self.destroyed.connect(lambda *_: state.close())
+        self._thread = threading.Thread(target=_render_loop, args=(state,), daemon=True,
+                                        name="napari-chflow figure")
+        self._thread.start()
+
+    @property
+    def idle(self) -> bool:
+        """True when the latest request has been drawn and shown."""
+        return self.shown == self.requested
+
+    def request(self, payload) -> int:
+        """Draw ``payload`` in the background (at the widget's current size); returns its serial."""
+        self.requested += 1
+        self._payload = payload
+        ratio = float(self.devicePixelRatioF())
+        width, height = max(self.width(), 50), max(self.height(), 50)
+        job = (self.requested, payload, round(width * ratio), round(height * ratio), ratio)
+        with self._state.cond:
+            self._state.job = job
+            self._state.cond.notify()
+        return self.requested
+
+    def close_renderer(self) -> None:
+        """Stop the render thread (also done when the widget is destroyed)."""
+        self._state.close()
+
+    def _show(self, result) -> None:
+        serial, rgba, ratio = result
+        if isinstance(rgba, BaseException):
+            self.shown = serial
+            raise rgba
+        height, width = rgba.shape[:2]
+        image = QImage(rgba.data, width, height, 4 * width, QImage.Format.Format_RGBA8888).copy()
+        image.setDevicePixelRatio(ratio)
+        self._image, self.shown = image, serial
+        self.update()
+        self.rendered.emit(serial)
+
+    def paintEvent(self, event) -> None:
+        if self._image is not None:
+            painter = QPainter(self)
+            painter.drawImage(self.rect(), self._image)
+            painter.end()
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        if self._payload is not None:  # redraw at the new size
+            self.request(self._payload)

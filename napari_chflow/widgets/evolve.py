@@ -1,9 +1,12 @@
 """Dock widget "Evolve and compare": physics solver and CRNN side by side, streamed into layers.
 
-All compute (model loading, both evolutions, metrics) runs in a napari ``thread_worker``
-(:func:`napari_chflow.widgets._compare.compare_frames`); the GUI thread only copies each yielded
-frame into preallocated ``(T, Z, Y, X)`` buffers and shows the filled part as layer data, so
-the viewer stays responsive. Cancel keeps the frames computed so far.
+Run checks the inputs, loads the CRNN and creates the ``solver``/``CRNN`` layers (iso rendering,
+scale, side-by-side translate, 3D view) on full-length ``(T, Z, Y, X)`` buffers holding the seed
+as frame 0 (frames not computed yet are 0, so nothing is drawn for them) before the worker
+starts. Both evolutions and the metrics then run in a napari ``thread_worker``
+(:func:`napari_chflow.widgets._compare.compare_frames`); per frame the GUI thread only copies
+the frame into the buffers and moves the time slider along, so the viewer stays responsive.
+When the run ends early (Cancel, divergence) the layers keep the frames computed so far.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ._common import (
     DEVICES,
     ISO,
     LayerCombo,
+    Throttle,
     check_device,
     combo,
     hub_for,
@@ -35,11 +39,12 @@ from ._common import (
     spin,
     volume_data,
 )
-from ._compare import DEFAULT_MODEL, compare_frames
+from ._compare import DEFAULT_MODEL, compare_frames, load_model
 
 GAP = 0.3  # gap between the side-by-side volumes, as a fraction of the box width
 MAX_BUFFER_BYTES = 16 * 2**30  # frames are kept in memory: refuse runs that cannot fit
 IN_FLIGHT = 3  # frames the worker may compute ahead of the GUI
+FOLLOW_INTERVAL = 0.1  # s: the viewer moves to the newest frame at most ten times a second
 
 
 @thread_worker(ignore_errors=True)
@@ -77,6 +82,8 @@ class EvolveWidget(QWidget):
         self.buffers: dict[str, np.ndarray] = {}
         self.n_frames = 0
         self.status = ""
+        self._followed = 0  # the time step the viewer was last moved to
+        self._follow = Throttle(self._show_latest, FOLLOW_INTERVAL, self)
         self._stop = threading.Event()
         self.destroyed.connect(lambda *_: self._stop.set())  # closing napari ends a running worker
 
@@ -182,21 +189,31 @@ class EvolveWidget(QWidget):
             show_error(f"{n_tau} frames of {phi0.shape} do not fit in memory: lower n tau, or run "
                        "long evolutions with the `chflow` command line, which writes them to disk")
             return False
+        from napari_chflow.model import downsample
+
+        try:  # on the GUI thread: the layers need the model's grid and tau before the run
+            crnn = load_model(model, device)
+            crnn0 = downsample(phi0, crnn.info.downscale)
+        except ValueError as exc:  # CheckpointError (unreadable file), grid not divisible
+            show_error(str(exc))
+            return False
         seed_meta = dict(layer.metadata.get("chflow", {}))
         if frame is not None:  # seeded from a frame of a sequence
             seed_meta = {"seed": {"layer": layer.name, "frame": frame,
                                   "sequence_seed": seed_meta.get("seed")}}
         self._seed = {"name": layer.name, "meta": seed_meta,
                       "solver": self.solver_combo.currentText(), "model": model, "device": device}
-        self.layers, self.buffers, self.n_frames, self.status = {}, {}, 0, "running"
+        self.n_frames, self.status, self._followed = 0, "running", 0
+        self._allocate(phi0, crnn0, n_tau + 1, crnn.info.downscale)
+        self._create_layers(crnn.info.tau, crnn.info.downscale)
         self.progress.setRange(0, n_tau + 1)
         self.progress.setValue(0)
-        self.status_label.setText(f"loading the CRNN and starting {n_tau} tau ...")
+        self.status_label.setText(f"starting {n_tau} tau ...")
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self._window = threading.Semaphore(IN_FLIGHT)
         self._stop.clear()
-        self.worker = _compare_worker(phi0, n_tau, self._seed["solver"], model, device,
+        self.worker = _compare_worker(phi0, n_tau, self._seed["solver"], crnn, device,
                                       self._window, self._stop)
         self.worker.yielded.connect(self._on_frame)
         self.worker.returned.connect(self._on_returned)
@@ -223,6 +240,8 @@ class EvolveWidget(QWidget):
         if self.status == "running":  # neither returned nor errored: the run was cancelled
             self.status = "cancelled"
         self.worker = None
+        self._follow.flush()
+        self._trim_layers()
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self.status_label.setText(f"{self.status}: {self.n_frames} frames")
@@ -230,50 +249,86 @@ class EvolveWidget(QWidget):
         self.hub.run_finished.emit({"frames": self.n_frames, "status": self.status, **names})
 
     # ------------------------------------------------------------------ layers
+    def _allocate(self, phi0: np.ndarray, crnn0: np.ndarray, n: int, downscale: int) -> None:
+        """Buffers ``(n, ...)`` for the solver, the CRNN (model grid) and the difference; frame 0
+        is the seed. ``np.zeros`` maps memory lazily: only computed frames take RAM."""
+        from napari_chflow.model import upsample
+
+        first = {"solver": phi0, "crnn": crnn0, "diff": np.abs(upsample(crnn0, downscale) - phi0)}
+        self.buffers = {}
+        for key, volume in first.items():
+            self.buffers[key] = np.zeros((n, *volume.shape), np.float32)
+            self.buffers[key][0] = volume
+
+    def _shown(self, key: str) -> np.ndarray:
+        """What a layer shows: the whole buffer while running, else the computed frames."""
+        buffer = self.buffers[key]
+        return buffer if self.status == "running" else buffer[: max(self.n_frames, 1)]
+
     def _on_frame(self, frame) -> None:
-        """GUI thread: copy one frame into the buffers, show the filled part (a view, no copy)."""
+        """GUI thread: copy one frame into the buffers (the layers show them); the viewer follows
+        the newest frame (throttled: one re-slice per :data:`FOLLOW_INTERVAL` however fast)."""
         k = frame.index
-        if not self.buffers:
-            n = self.progress.maximum()
-            self.buffers = {key: np.empty((n, *getattr(frame, key).shape), np.float32)
-                            for key in ("solver", "crnn", "diff")}
-        follow = k > 0 and self.viewer.dims.current_step[0] >= k - 1
         for key, buffer in self.buffers.items():
             buffer[k] = getattr(frame, key)
         self.n_frames = k + 1
-        if not self.layers:
-            self._create_layers(frame)
-        for key, layer in self.layers.items():
-            layer.data = self.buffers[key][: k + 1]
-        if follow:
-            self.viewer.dims.set_current_step(0, k)
+        if k > 0:
+            self._follow()
         self.progress.setValue(k + 1)
         self.status_label.setText(f"t = {frame.t:g} ({k} of {self.progress.maximum() - 1} tau)")
         self.hub.frame_ready.emit(frame.metrics)
         self._window.release()
 
-    def _create_layers(self, frame) -> None:
-        tau, f, s = frame.tau, frame.downscale, self._seed
+    def _show_latest(self) -> None:
+        """Move the time slider to the newest frame unless the user went back to an earlier one."""
+        k = self.n_frames - 1
+        step = self.viewer.dims.current_step[0]
+        if k <= 0 or step < self._followed or not self.layers:
+            return
+        if step == k:  # already there (the user stepped ahead): show the new data
+            for layer in self.layers.values():
+                layer.refresh()
+        else:
+            self.viewer.dims.set_current_step(0, k)  # re-slices every layer once
+        self._followed = k
+
+    def _trim_layers(self) -> None:
+        """After the run: layers keep exactly the computed frames (none: they are removed)."""
+        if self.n_frames == 0:
+            for layer in self.layers.values():
+                if layer in self.viewer.layers:
+                    self.viewer.layers.remove(layer)
+            self.layers = {}
+            return
+        for key, layer in self.layers.items():
+            if layer.data.shape[0] != self.n_frames:
+                layer.data = self._shown(key)
+
+    def _create_layers(self, tau: float, f: int) -> None:
+        """Solver and CRNN layers on the full buffers, iso surfaces side by side, in 3D."""
+        s = self._seed
         meta = {"tau": tau, "solver": s["solver"], "model": s["model"], "device": s["device"],
                 "seed": s["meta"].get("seed", {"layer": s["name"]})}
         common = dict(contrast_limits=(0.0, 1.0), axis_labels=("t", "z", "y", "x"), **ISO)
+        self.layers = {}
         self.layers["solver"] = self.viewer.add_image(
-            self.buffers["solver"][:1], name=f"{s['name']} solver ({s['solver']})",
+            self.buffers["solver"], name=f"{s['name']} solver ({s['solver']})",
             scale=(tau, 1, 1, 1), colormap="bop blue",
             metadata={"chflow": {**meta, "downscale": 1}}, **common)
         self.layers["crnn"] = self.viewer.add_image(
-            self.buffers["crnn"][:1], name=f"{s['name']} CRNN", scale=(tau, f, f, f),
+            self.buffers["crnn"], name=f"{s['name']} CRNN", scale=(tau, f, f, f),
             colormap="bop orange", metadata={"chflow": {**meta, "downscale": f}}, **common)
         if self.diff_check.isChecked():
             self._add_difference_layer()
         self.viewer.dims.ndisplay = 3
+        self.viewer.dims.set_current_step(0, 0)
         self.apply_layout()
         self.viewer.reset_view()
 
     def _add_difference_layer(self) -> None:
         tau = self.layers["solver"].scale[0]
         self.layers["diff"] = self.viewer.add_image(
-            self.buffers["diff"][: max(self.n_frames, 1)], name="|CRNN - solver|",
+            self._shown("diff"), name="|CRNN - solver|",
             scale=(tau, 1, 1, 1), colormap="inferno", rendering="mip", contrast_limits=(0.0, 1.0),
             blending="additive", axis_labels=("t", "z", "y", "x"),
             metadata={"chflow": {"tau": tau, "difference": True}})

@@ -3,24 +3,35 @@
 Rows arrive live from "Evolve and compare" through the viewer's hub (the metrics are computed in
 its worker thread), or are computed on demand from two sequence layers with
 :func:`napari_chflow.metrics.traces` in a worker. The panels are drawn by
-:mod:`napari_chflow.plots` (the same figures as ``chflow compare``), redraws are throttled, and
-the viewer's current time is marked. PNG and CSV exports match the CLI's.
+:class:`napari_chflow.plots.TracePlot` (the same figures as ``chflow compare``), which creates
+the lines once and then only updates their data; the figure is rendered by a background thread
+(:class:`._common.BackgroundFigure`) at most five times a second, so plotting never stalls the
+viewer. The viewer's current time is marked. PNG and CSV exports match the CLI's.
 """
 
 from __future__ import annotations
 
-import matplotlib
 import numpy as np
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullLocator
 from napari.qt.threading import thread_worker
 from qtpy.QtWidgets import QFileDialog, QFormLayout, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
 from napari_chflow import plots
 
-from ._common import LayerCombo, Throttle, connect_while_alive, hub_for, show_error, show_info
+from ._common import (
+    BackgroundFigure,
+    LayerCombo,
+    Throttle,
+    connect_while_alive,
+    hub_for,
+    show_error,
+    show_info,
+)
 from ._compare import COLUMNS, paired_rows
+
+REDRAW_INTERVAL = 0.2  # s: at most five redraws per second
+PLACEHOLDER = "run 'Evolve and compare'"  # shown before any data
+WAITING = "waiting for the first frames ..."  # shown when a run started
 
 
 def _is_sequence(layer) -> bool:
@@ -54,10 +65,13 @@ class TracesWidget(QWidget):
         self.names = ("solver", "crnn")
         self.figure = Figure(figsize=(3.6, 5))
         self.figure.subplots_adjust(left=0.17, right=0.97, top=0.95, bottom=0.07, hspace=0.5)
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(300)
         self.axes = self.figure.subplots(3, 1)
-        self._redraw = Throttle(self.redraw, 0.5, self)
+        self.plot = plots.TracePlot(self.axes, fontsize=7, minor_ticks=False)
+        self.view = BackgroundFigure(self.figure, self._draw)
+        self.view.setMinimumHeight(300)
+        self._redraw = Throttle(self.redraw, REDRAW_INTERVAL, self)
+        self._message = PLACEHOLDER
+        self._live = False  # a run of "Evolve and compare" is streaming rows
         self._worker = None
 
         self.seq_combo = LayerCombo(napari_viewer, _is_sequence)
@@ -75,7 +89,7 @@ class TracesWidget(QWidget):
         for b in (compute, png, csv):
             buttons.addWidget(b)
         layout = QVBoxLayout(self)
-        layout.addWidget(self.canvas)
+        layout.addWidget(self.view, 1)
         layout.addLayout(form)
         layout.addLayout(buttons)
 
@@ -88,13 +102,16 @@ class TracesWidget(QWidget):
 
     # ------------------------------------------------------------------ data
     def _on_run_started(self, info: dict) -> None:
+        self._message, self._live = WAITING, True
         self.clear((info.get("solver", "solver"), "crnn"))
 
     def _on_run_finished(self, info: dict) -> None:
+        self._message, self._live = PLACEHOLDER, False
         if "crnn_layer" in info:  # offer the run's layers for "Compute from layers"
             self.seq_combo.setCurrentText(info["crnn_layer"])
             self.ref_combo.setCurrentText(info["solver_layer"])
-        self._redraw.flush()
+        self._redraw()
+        self._redraw.flush()  # the final rows now
 
     def _on_point(self, _event=None) -> None:
         self._redraw()  # moves the time marker
@@ -106,14 +123,14 @@ class TracesWidget(QWidget):
         self.redraw()
 
     def add_row(self, row: dict) -> None:
-        """Append one frame's metrics (keys of :data:`COLUMNS`); redraws at most twice a second."""
+        """Append one frame's metrics (keys of :data:`COLUMNS`); redraws at most 5 times a second."""
         for key in COLUMNS:
             self.rows[key].append(float(row[key]))
         self._redraw()
 
     def set_rows(self, rows: dict, names: tuple[str, str] | None = None) -> None:
         """Replace everything with whole traces (arrays keyed like :data:`COLUMNS`)."""
-        self.names = tuple(names or self.names)
+        self.names, self._message = tuple(names or self.names), PLACEHOLDER
         for key in COLUMNS:
             self.rows[key] = [float(v) for v in rows[key]]
         self.redraw()
@@ -124,6 +141,10 @@ class TracesWidget(QWidget):
 
     def compute_from_layers(self) -> bool:
         """Traces of the "prediction" layer against the "reference" layer, in a worker."""
+        if self._live:
+            show_error("A run is streaming into these traces: wait for it to finish (or Cancel "
+                       "it in 'Evolve and compare'), then compute from layers")
+            return False
         seq, ref = self.seq_combo.layer(), self.ref_combo.layer()
         if seq is None or ref is None:
             show_error("Traces need two (T, Z, Y, X) layers: run 'Evolve and compare' or open two "
@@ -150,22 +171,20 @@ class TracesWidget(QWidget):
         return float(point[0]) if len(point) == 4 else None
 
     def redraw(self) -> None:
-        runs = self.traces()
-        with matplotlib.rc_context({"font.size": 7, "legend.fontsize": 6}):
-            if len(self.rows["t"]) > 1:
-                plots.draw_all(self.axes, runs, t_mark=self.current_time())
-            else:
-                for ax, title in zip(self.axes, ("error vs ground truth", "free energy density",
-                                                 "relative mass drift")):
-                    ax.clear()
-                    ax.set_title(title)
-                    ax.text(0.5, 0.5, "run 'Evolve and compare'", ha="center", va="center",
-                            transform=ax.transAxes, color="0.5")
-            for ax in self.axes:  # no minor ticks: halves the draw time on the GUI thread
-                ax.tick_params(labelsize=6)
-                ax.xaxis.set_minor_locator(NullLocator())
-                ax.yaxis.set_minor_locator(NullLocator())
-        self.canvas.draw_idle()
+        """Queue a redraw of the current rows and time marker (drawn in the background)."""
+        if len(self.rows["t"]) > 1:
+            self.view.request((self.traces(), self.current_time()))
+        else:
+            self.view.request(self._message)
+
+    def _draw(self, job) -> None:
+        """Render thread: update the lines of :attr:`plot` (the figure belongs to that thread);
+        ``job`` is ``(traces, t_mark)`` or a message to show instead."""
+        if isinstance(job, str):
+            self.plot.show_message(job)
+        else:
+            runs, t_mark = job
+            self.plot.update(runs, t_mark)
 
     # ------------------------------------------------------------------ export
     def _export(self, filter: str, save) -> None:

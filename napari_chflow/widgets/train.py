@@ -1,7 +1,8 @@
 """Dock widget "Train surrogate": train a CRNN off the GUI thread with a live loss curve.
 
 Calls :func:`napari_chflow.training.train` in a napari ``thread_worker``; its ``callback`` runs in
-that thread and is relayed to the GUI through a queued Qt signal, ``should_stop`` implements
+that thread and is relayed to the GUI through a queued Qt signal (the loss curve is drawn by a
+background thread, :class:`._common.BackgroundFigure`), ``should_stop`` implements
 Cancel (the last completed epoch stays in ``last.pt``; Resume continues from it). The resulting
 ``best.pt`` is offered in "Evolve and compare". "Generate small dataset" runs
 :func:`napari_chflow.dataset.generate_dataset` with a tiny configuration, also in a worker.
@@ -13,7 +14,6 @@ import dataclasses
 import threading
 from pathlib import Path
 
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.qt.threading import thread_worker
 from qtpy.QtCore import QObject, Signal
@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
 
 from ._common import (
     DEVICES,
+    BackgroundFigure,
     PathEdit,
     Throttle,
     check_device,
@@ -125,9 +126,9 @@ class TrainWidget(QWidget):
         self.status_label.setWordWrap(True)
         self.figure = Figure(figsize=(3.2, 2.4))
         self.figure.subplots_adjust(left=0.2, right=0.96, top=0.88, bottom=0.2)
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(150)
         self.ax = self.figure.add_subplot()
+        self.view = BackgroundFigure(self.figure, self._draw)
+        self.view.setMinimumHeight(150)
         self._redraw = Throttle(self.redraw, 0.5, self)
 
         form = QFormLayout()
@@ -146,7 +147,7 @@ class TrainWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status_label)
-        layout.addWidget(self.canvas)
+        layout.addWidget(self.view, 1)
         self.redraw()
 
     # ------------------------------------------------------------------ state
@@ -282,17 +283,22 @@ class TrainWidget(QWidget):
         show_info(f"CRNN checkpoint saved: {best}")
 
     def redraw(self) -> None:
+        """Queue a redraw of the loss curve (drawn in the background)."""
+        self.view.request((list(self.batch_losses), [dict(h) for h in self.history]))
+
+    def _draw(self, job) -> None:
+        """Render thread: the loss per batch, and train/validation loss per epoch (log y)."""
+        batch_losses, history = job
         ax = self.ax
         ax.clear()
-        if self.batch_losses:
-            x, y = zip(*self.batch_losses)
+        if batch_losses:
+            x, y = zip(*batch_losses)
             ax.plot(x, y, color="0.75", lw=0.8, label="batch")
-        if self.history:
-            x = [h["epoch"] + 1 for h in self.history]
-            ax.plot(x, [h["train_loss"] for h in self.history], "o-", label="train")
-            ax.plot(x, [h["val_loss"] for h in self.history], "s-", label="validation")
-        if self.batch_losses or self.history:
+        if history:
+            x = [h["epoch"] + 1 for h in history]
+            ax.plot(x, [h["train_loss"] for h in history], "o-", label="train")
+            ax.plot(x, [h["val_loss"] for h in history], "s-", label="validation")
+        if batch_losses or history:
             ax.set_yscale("log")
             ax.legend(fontsize="small")
         ax.set(xlabel="epoch", ylabel="MSE loss", title="training loss")
-        self.canvas.draw_idle()
