@@ -113,6 +113,11 @@ def card(model, acc: dict, stab: dict, speed_table: str, dataset_cmd: str, train
         f"- relative mass drift {stab['mass_drift']:.2e} (requirement < 1e-5)",
         f"- phi range [{stab['min']:.3f}, {stab['max']:.3f}], all finite: {stab['finite']}, took {stab['seconds']:.0f} s",
         "",
+        ("**Unstable at long times**: phi leaves the physical range [0, 1] well before the end of the "
+         "run (the paper's model stays bounded for 8e4 steps); use this model for short rollouts "
+         "(tens of tau) only." if stab["min"] < -0.2 or stab["max"] > 1.2 else
+         "phi stays within [-0.2, 1.2] for the whole run."),
+        "",
         "## Speed (seconds per tau of physical time, same physical domain, one run)",
         "",
         "The CRNN column is the model on the x1/2 grid of the named domain size.",
