@@ -3,7 +3,7 @@ one run so that the ratios to the explicit reference are meaningful on a noisy m
 
 :func:`solver_timings` times in this process. :func:`isolated_timings` runs every (method, size)
 in a fresh spawned process and also records its peak memory: on CPU the growth of the process's
-maximum resident set (``getrusage(RUSAGE_SELF).ru_maxrss``) over the idle process after imports
+resident set (sampled every millisecond from /proc) over the idle process after imports
 and setup, on CUDA ``torch.cuda.max_memory_allocated`` over what was allocated before the run.
 :func:`cost_exponent` fits cost ~ N^alpha, N = size^3 collocation points of the full grid.
 """
@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -115,12 +117,40 @@ def _runner(method: str, device, model=None) -> Callable[[np.ndarray, int], Iter
     raise ValueError(f"unknown method {method!r}: use one of {', '.join((*physics.SOLVERS, 'crnn'))}")
 
 
-def _max_rss_bytes() -> int:
-    import resource
-    import sys
+def _rss_bytes() -> int:
+    """Current resident set size of this process (Linux /proc; else the lifetime maximum)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+        import sys
 
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB
+
+
+class _PeakRss:
+    """Samples the resident set every millisecond in a thread; ``peak`` is the largest seen.
+    (``ru_maxrss`` cannot be reset, so a transient peak during imports would hide the run's.)"""
+
+    def __init__(self) -> None:
+        self.peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __enter__(self) -> "_PeakRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
 
 
 def _measure(method: str, size: int, n_tau: int, device, threads: int,
@@ -147,10 +177,11 @@ def _measure(method: str, size: int, n_tau: int, device, threads: int,
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev)
     else:
-        base = _max_rss_bytes()
-    seconds_per_tau(run(phi0, 1), 1)
-    sec = seconds_per_tau(run(phi0, n_tau), n_tau)
-    peak = (torch.cuda.max_memory_allocated(dev) if cuda else _max_rss_bytes()) - base
+        base = _rss_bytes()
+    with _PeakRss() as rss:
+        seconds_per_tau(run(phi0, 1), 1)
+        sec = seconds_per_tau(run(phi0, n_tau), n_tau)
+    peak = (torch.cuda.max_memory_allocated(dev) if cuda else rss.peak) - base
     return Timing(method, size, sec, n_tau, max(int(peak), 0))
 
 

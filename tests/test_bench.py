@@ -74,3 +74,9 @@ def test_cli_bench_prints_the_speed_table_with_explicit_at_one(capsys):
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     assert re.search(r"\(1\.0x\).*\(1\.0x\)", rows["explicit"])
     assert "cost growth with N" in out
+
+
+def test_isolated_peak_memory_sees_the_run_arrays():
+    # explicit at 64^3 holds phi and three float32 work arrays (1 MiB each) plus the padded one
+    (t,) = bench.isolated_timings((64,), methods=("explicit",), n_tau=lambda m, n: 1, threads=1)
+    assert 3 * 2**20 < t.peak_bytes < 2**30
