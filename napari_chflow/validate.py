@@ -1013,8 +1013,8 @@ def speed_memory(ctx: _Ctx) -> Section:
     save_png(fig, path)
 
     threads = cfg.threads or torch.get_num_threads()
-    mem_note = ("Each (method, size) ran in a fresh process; peak memory = growth of the maximum "
-                "resident set over the idle process after imports and setup (CPU), or "
+    mem_note = ("Each (method, size) ran in a fresh process; peak memory = growth of the resident "
+                "set (sampled every millisecond) over the idle process after imports and setup (CPU), or "
                 "torch.cuda.max_memory_allocated over the allocation before the run (GPU)."
                 if cfg.memory else "Timed in this process; memory not measured (memory=False).")
     sec.body = "\n\n".join([
