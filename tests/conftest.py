@@ -52,3 +52,24 @@ def perlin16() -> np.ndarray:
     from napari_chflow.seeds import perlin
 
     return perlin((16, 16, 16), mean=0.5, seed=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset_factory(tmp_path_factory):
+    """``make(n_seq, seed) -> Path``: a Cahn-Hilliard dataset of ``n_seq`` sequences of 5 frames
+    on 16^3 (8^3 after downscale), spectral solver, all starting from noise; cached per arguments."""
+    from napari_chflow.dataset import DatasetConfig, generate_dataset
+
+    made: dict[tuple[int, int], Path] = {}
+
+    def make(n_seq: int, seed: int) -> Path:
+        if (n_seq, seed) not in made:
+            out = tmp_path_factory.mktemp("dataset")
+            config = DatasetConfig(n_seq=n_seq, frames=5, size=16, solver="spectral",
+                                   later_start_fraction=0, perlin_scales=(8.0,),
+                                   perlin_layers=(1,), seed=seed)
+            generate_dataset(out, config, progress=False)
+            made[(n_seq, seed)] = out
+        return made[(n_seq, seed)]
+
+    return make

@@ -16,15 +16,9 @@ from napari_chflow.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    """6 Cahn-Hilliard sequences of 5 frames on 16^3 (8^3 after downscale): 4 train, 2 val."""
-    from napari_chflow.dataset import DatasetConfig, generate_dataset
-
-    out = tmp_path_factory.mktemp("dataset")
-    config = DatasetConfig(n_seq=6, frames=5, size=16, solver="spectral", later_start_fraction=0,
-                           perlin_scales=(8.0,), perlin_layers=(1,), seed=2)
-    generate_dataset(out, config, progress=False)
-    return out
+def tiny_dataset(tiny_dataset_factory) -> Path:
+    """6 sequences: 4 train, 2 val (see ``tiny_dataset_factory``)."""
+    return tiny_dataset_factory(6, 2)
 
 
 def test_two_process_ddp_equals_single_process(tiny_dataset, tmp_path):

@@ -108,15 +108,9 @@ CONFIG = TrainConfig(epochs=3, lr=1e-2, batch_size=2, curriculum_epochs=1, seed=
 
 
 @pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    """4 Cahn-Hilliard sequences of 5 frames on 16^3 (8^3 after downscale): 3 train, 1 val."""
-    from napari_chflow.dataset import DatasetConfig, generate_dataset
-
-    out = tmp_path_factory.mktemp("dataset")
-    config = DatasetConfig(n_seq=4, frames=5, size=16, solver="spectral", later_start_fraction=0,
-                           perlin_scales=(8.0,), perlin_layers=(1,), seed=1)
-    generate_dataset(out, config, progress=False)
-    return out
+def tiny_dataset(tiny_dataset_factory) -> Path:
+    """4 sequences: 3 train, 1 val (see ``tiny_dataset_factory``)."""
+    return tiny_dataset_factory(4, 1)
 
 
 @pytest.fixture(scope="module")
