@@ -31,7 +31,6 @@ from napari_chflow.training import (
     train,
 )
 
-
 # ----------------------------------------------------------------------------- symmetries
 
 
