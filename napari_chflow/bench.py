@@ -28,8 +28,12 @@ from .seeds import perlin
 
 
 def default_n_tau(method: str, size: int) -> int:
-    """Tau per measurement: explicit 1 at >= 128^3 (about 4 s on 2 CPU cores), else 2; others 8."""
-    return (1 if size >= 128 else 2) if method == "explicit" else 8
+    """Tau per measurement: explicit 1 at >= 128^3 (about 4 s on 2 CPU cores), else 2; spectral
+    24 (its first tau, a 4-substep start while phi is near 1/2, costs about 3 later ones, so
+    a run of a few tau would mostly time the start); others 8."""
+    if method == "explicit":
+        return 1 if size >= 128 else 2
+    return 24 if method == "spectral" else 8
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class Timing:
     seconds_per_tau: float
     n_tau: int
     peak_bytes: int | None = None  # peak extra memory of the run, when measured (isolated_timings)
+    rounds: int = 1  # interleaved timing rounds; seconds_per_tau is their median
 
 
 def seconds_per_tau(frames: Iterator[np.ndarray], n_tau: int) -> float:
@@ -61,13 +66,17 @@ def solver_timings(
     n_tau: Callable[[str, int], int] | None = None,
     device: str | None = None,
     extra: dict[str, Callable[[np.ndarray, int], Iterator[np.ndarray]]] | None = None,
+    rounds: int = 1,
 ) -> list[Timing]:
     """Time the explicit and spectral solvers (and any ``extra`` methods) on Perlin ICs.
 
-    ``n_tau(method, size)`` picks how many tau each measurement runs (default: 1 tau for explicit
-    at 128^3, 2 otherwise for explicit, 8 for the others). Each measurement is preceded by a
-    1-tau warm-up at the same size.
+    ``n_tau(method, size)`` picks how many tau each measurement runs (default:
+    :func:`default_n_tau`). Each method is warmed up for 1 tau at each size, then timed in
+    ``rounds`` interleaved rounds (all methods once per round) and the median round is kept:
+    a burst of load on a shared machine then hits one round of every method, not one method.
     """
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds}: use rounds >= 1")
     n_tau = n_tau or default_n_tau
     methods: dict[str, Callable[[np.ndarray, int], Iterator[np.ndarray]]] = {
         s: (lambda phi0, k, s=s: physics.iter_simulate(phi0, k, solver=s, device=device))
@@ -77,10 +86,15 @@ def solver_timings(
     out = []
     for size in sizes:
         phi0 = perlin((size,) * 3, mean=0.5, seed=1)
-        for name, run in methods.items():
-            k = n_tau(name, size)
+        for run in methods.values():
             seconds_per_tau(run(phi0, 1), 1)  # warm-up (allocations, FFT plans, kernels)
-            out.append(Timing(name, size, seconds_per_tau(run(phi0, k), k), k))
+        samples: dict[str, list[float]] = {name: [] for name in methods}
+        for _ in range(rounds):
+            for name, run in methods.items():
+                k = n_tau(name, size)
+                samples[name].append(seconds_per_tau(run(phi0, k), k))
+        out += [Timing(name, size, float(np.median(v)), n_tau(name, size), rounds=rounds)
+                for name, v in samples.items()]
     return out
 
 
@@ -292,6 +306,9 @@ def format_report(timings: list[Timing], device: str | None = None, threads: int
     import torch
 
     head = f"device {device or 'cpu'}, torch threads {threads or torch.get_num_threads()}"
+    rounds = max((t.rounds for t in timings), default=1)
+    if rounds > 1:
+        head += f", median of {rounds} interleaved rounds"
     parts = [head, format_table(timings), format_scaling(timings)]
     if any(t.peak_bytes is not None for t in timings):
         parts.append(format_memory_table(timings))

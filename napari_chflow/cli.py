@@ -178,7 +178,7 @@ def _cmd_bench(args) -> None:
         timings = isolated_timings(args.sizes, methods, model=model, device=args.device,
                                    threads=args.threads)
     else:
-        timings = solver_timings(args.sizes, device=args.device, extra=extra)
+        timings = solver_timings(args.sizes, device=args.device, extra=extra, rounds=args.rounds)
     print(format_report(timings, args.device, args.threads))
 
 
@@ -292,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="default")
     s.add_argument("--device", default=None)
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads for every method")
+    s.add_argument("--rounds", type=int, default=3,
+                   help="interleaved timing rounds per size, median kept (default 3)")
     s.add_argument("--memory", action="store_true",
                    help="time each method in a fresh process and add its peak memory")
     s.set_defaults(func=_cmd_bench)

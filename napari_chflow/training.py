@@ -102,7 +102,10 @@ class TrainConfig:
     """Training recipe. ``batch_size`` is global (split across ranks); ``frames``: use only the
     first ``frames`` frames of each sequence (None = all); ``grad_clip``: max gradient norm (None
     = off); ``device``: None = CPU, "cuda" (under torchrun: ``cuda:LOCAL_RANK``); ``num_threads``:
-    torch CPU threads (None = torch's default)."""
+    torch CPU threads (None = torch's default); ``lr_schedule``: "constant" or "cosine" (from
+    ``lr`` at the first epoch down to ``lr / 20`` at the last); ``init``: a checkpoint whose
+    weights start the run (fine-tuning; same architecture, downscale and physics), None =
+    random weights."""
 
     epochs: int = 100
     lr: float = 1e-3
@@ -115,10 +118,14 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None
     num_threads: int | None = None
+    lr_schedule: str = "constant"
+    init: str | None = None
     model: CRNNConfig = CRNNConfig()
 
 
-RESUMABLE_FIELDS = ("epochs", "lr", "grad_clip", "device", "num_threads")
+LR_SCHEDULES = ("constant", "cosine")
+LR_FINAL_FRACTION = 0.05
+RESUMABLE_FIELDS = ("epochs", "lr", "lr_schedule", "grad_clip", "device", "num_threads")
 """Fields that may change when a run is resumed; all others must match the stored run."""
 
 
@@ -145,6 +152,15 @@ def curriculum_length(epoch: int, n_frames: int, curriculum_epochs: int) -> int:
     if curriculum_epochs <= 0:
         return full
     return 1 + (full - 1) * min(epoch, curriculum_epochs) // curriculum_epochs
+
+
+def learning_rate(config: TrainConfig, epoch: int) -> float:
+    """Adam learning rate of ``epoch`` (0-based) under ``config.lr_schedule``."""
+    if config.lr_schedule == "constant" or config.epochs <= 1:
+        return config.lr
+    frac = min(epoch, config.epochs - 1) / (config.epochs - 1)
+    low = config.lr * LR_FINAL_FRACTION
+    return low + (config.lr - low) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
 def select_best_epoch(history: list[dict]) -> int:
@@ -253,6 +269,8 @@ def _check(config: TrainConfig, stored: TrainConfig | None, n_train: int, n_val:
         (config.epochs < 1, f"epochs={config.epochs}: use epochs >= 1"),
         (config.batch_size < 1, f"batch_size={config.batch_size}: use batch_size >= 1"),
         (config.lr <= 0, f"lr={config.lr}: use a positive learning rate"),
+        (config.lr_schedule not in LR_SCHEDULES, f"lr_schedule={config.lr_schedule!r}: use one "
+         f"of {', '.join(LR_SCHEDULES)}"),
         (n_train == 0 or n_val == 0, f"the dataset has {n_train} training and {n_val} validation "
          "sequences: generate one with at least 2 sequences and val_fraction > 0"),
         (n_frames < 2, f"sequences have {n_frames} frame(s): use frames >= 2 (or None for all)"),
@@ -282,6 +300,23 @@ def _write_logs(out: Path, history: list[dict]) -> None:
 
 
 # --------------------------------------------------------------------------- training
+
+
+def _initial_weights(model: CRNN, init: str | None) -> dict | None:
+    """Load the weights of checkpoint ``init`` into ``model`` (fine-tuning); returns the
+    parent's provenance for the new recipe (None without ``init``)."""
+    if init is None:
+        return None
+    parent = load_checkpoint(init)
+    theirs, ours = parent.info, model.info
+    for name in ("config", "downscale", "tau", "eps", "mobility"):
+        if getattr(theirs, name) != getattr(ours, name):
+            raise TrainingError(
+                f"cannot start from {init}: its {name} {getattr(theirs, name)!r} differs from this "
+                f"run's {getattr(ours, name)!r}: train on a dataset and recipe that match it, or "
+                "start from random weights (no --init)")
+    model.load_state_dict(parent.state_dict())
+    return {"path": str(init), "recipe": theirs.recipe, "data": theirs.data}
 
 
 @torch.no_grad()
@@ -368,12 +403,12 @@ def train(
         torch.manual_seed(config.seed)
         physics = {k: getattr(data.config, k) for k in ("tau", "eps", "mobility")}
         model = CRNN(config.model, downscale=config.downscale, **physics).to(ranks.device)
+        parent = _initial_weights(model, config.init) if state is None else state.get("parent")
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         history, wall, start = [], 0.0, 0
         if state is not None:
             model.load_state_dict(resumed.state_dict())
             optimizer.load_state_dict(state["optimizer"])
-            optimizer.param_groups[0]["lr"] = config.lr  # lr may be changed on resume
             _set_rng_state(state["rng"])
             history, wall, start = state["history"], state["wall_seconds"], state["epoch"] + 1
         net = model
@@ -398,6 +433,7 @@ def train(
         for epoch in range(start, config.epochs):
             t0 = time.perf_counter()
             n_gen = curriculum_length(epoch, n_frames, config.curriculum_epochs)
+            lr = optimizer.param_groups[0]["lr"] = learning_rate(config, epoch)
 
             def on_batch(b: int, n: int, loss: float) -> None:
                 bar.update()
@@ -417,18 +453,20 @@ def train(
             history.append({"epoch": epoch, "train_loss": loss_sum / len(train_set),
                             "val_loss": val_loss, "val_loss_full": val_full,
                             "curriculum_length": n_gen, "full_length": full, "seconds": seconds,
-                            "lr": config.lr})
+                            "lr": lr})
             best = select_best_epoch(history)
             if writer:
                 recipe = {"train_config": dataclasses.asdict(config), "epochs_done": epoch + 1,
                           "wall_seconds": wall, "hardware": _hardware(ranks), "best_epoch": best,
                           "best_val_loss_full": history[best]["val_loss_full"]}
+                if parent is not None:
+                    recipe["init_from"] = parent
                 description = data.describe()
                 if best == epoch:  # best.pt before last.pt: a kill in between re-runs this epoch
                     save_checkpoint(best_path, model, recipe=recipe, data=description)
                 train_state = {"config": dataclasses.asdict(config), "epoch": epoch,
                                "history": history, "optimizer": optimizer.state_dict(),
-                               "rng": _rng_state(), "wall_seconds": wall}
+                               "rng": _rng_state(), "wall_seconds": wall, "parent": parent}
                 save_checkpoint(last_path, model, recipe=recipe, data=description,
                                 extra={"train_state": train_state})
                 _write_logs(out, history)
@@ -459,6 +497,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--frames", type=int, help="use only the first N frames of each sequence (default: all)")
     add("--no-augment", dest="augment", action="store_false", default=None,
         help="turn off the random 96-symmetry augmentation")
+    add("--lr-schedule", choices=LR_SCHEDULES,
+        help=f"constant, or cosine decay to lr*{LR_FINAL_FRACTION:g} (default {d.lr_schedule})")
+    add("--init", metavar="CHECKPOINT",
+        help="start from this checkpoint's weights (fine-tune) instead of random ones")
     add("--grad-clip", type=float, help=f"max gradient norm, 0 = off (default {d.grad_clip})")
     add("--seed", type=int, help=f"seed of weights, data order, augmentation (default {d.seed})")
     add("--device", help="cpu (default) or cuda")

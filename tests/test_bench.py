@@ -49,7 +49,7 @@ def test_spectral_is_faster_per_tau_than_explicit_in_process():
     t = bench.solver_timings((16,), n_tau=lambda m, n: 2)
     by = {x.method: x for x in t}
     assert set(by) == {"explicit", "spectral"} and all(x.peak_bytes is None for x in t)
-    # 400 explicit Euler steps per tau vs 4 SBDF2 steps: clearly faster even at 16^3 on a busy
+    # 400 explicit Euler steps per tau vs 3 ETD2 steps: clearly faster even at 16^3 on a busy
     # machine (the margin leaves room for timing noise; the real ratios are in docs/validation.md)
     assert bench.ratios(t)[("spectral", 16)]["speedup"] > 3
 

@@ -168,3 +168,12 @@ def test_iterator_does_not_leak_inference_mode_to_the_caller(perlin16):
     x = torch.ones(2, requires_grad=True)
     (x * 2).sum().backward()  # autograd still works between frames
     assert x.grad is not None
+
+
+@pytest.mark.parametrize("shape", [(9, 7, 16), (16, 16, 16), (8, 6, 7)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_packed_inverse_fft_equals_irfftn(shape, dtype):
+    x = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    back = physics.inverse_rfftn(shape, dtype=dtype)(torch.fft.rfftn(x))
+    torch.testing.assert_close(back, x, rtol=0, atol=tol)

@@ -25,6 +25,7 @@ from napari_chflow.training import (
     allowed_symmetries,
     augment,
     curriculum_length,
+    learning_rate,
     load_sequences,
     sample_losses,
     select_best_epoch,
@@ -215,3 +216,43 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_dataset, reference_run, t
     assert done < 2  # killed early enough for the resume to have work left
     train(tiny_dataset, tmp_path, CONFIG, resume=True, progress=False)
     _assert_same_run(reference_run[0], tmp_path)
+
+
+def test_cosine_schedule_decays_from_lr_to_a_twentieth():
+    config = TrainConfig(epochs=11, lr=2e-3, lr_schedule="cosine")
+    rates = [learning_rate(config, e) for e in range(11)]
+    assert rates[0] == pytest.approx(2e-3) and rates[-1] == pytest.approx(1e-4)
+    assert rates[5] == pytest.approx((2e-3 + 1e-4) / 2)
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert learning_rate(dataclasses.replace(config, lr_schedule="constant"), 7) == 2e-3
+
+
+def test_init_starts_from_the_parent_weights_and_records_it(tiny_dataset, reference_run,
+                                                             tmp_path):
+    parent = reference_run[0] / "best.pt"
+    # a learning rate of ~0 leaves the weights where --init put them
+    config = dataclasses.replace(CONFIG, epochs=1, lr=1e-30, init=str(parent))
+    child = load_checkpoint(train(tiny_dataset, tmp_path / "child", config, progress=False))
+    for (name, a), b in zip(load_checkpoint(parent).state_dict().items(),
+                            child.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=name)
+    lineage = child.info.recipe["init_from"]
+    assert lineage["path"] == str(parent)
+    assert lineage["recipe"]["epochs_done"] == load_checkpoint(parent).info.recipe["epochs_done"]
+    # without --init the same run starts from random weights: far from the parent
+    fresh = load_checkpoint(train(tiny_dataset, tmp_path / "fresh",
+                                  dataclasses.replace(config, init=None), progress=False))
+    diff = max(float((a - b).abs().max()) for a, b in
+               zip(fresh.state_dict().values(), child.state_dict().values()))
+    assert diff > 1e-3
+
+
+def test_init_from_another_architecture_is_refused(tiny_dataset, reference_run, tmp_path):
+    config = dataclasses.replace(CONFIG, epochs=1, downscale=1,
+                                 init=str(reference_run[0] / "best.pt"))
+    with pytest.raises(TrainingError, match="downscale 2 differs from this run's 1.*--init"):
+        train(tiny_dataset, tmp_path, config, progress=False)
+    assert not (tmp_path / "last.pt").exists()
+    with pytest.raises(TrainingError, match="lr_schedule='linear'"):
+        train(tiny_dataset, tmp_path, dataclasses.replace(CONFIG, lr_schedule="linear"),
+              progress=False)
