@@ -241,7 +241,7 @@ def record_frames(n_tau: int, n_log: int = 60, dense: int = 10,
     return np.array(sorted(ks), dtype=int)
 
 
-METRIC_KEYS = ("rmse", "delta", "delta_frozen", "rmse_model", "fv_gt", "fv_gt_model", "fv_crnn",
+METRIC_KEYS = ("rmse", "delta", "delta_frozen", "rmse_model", "delta_model", "fv_gt", "fv_gt_model", "fv_crnn",
                "mass_drift", "overshoot_gt", "overshoot_crnn")
 
 
@@ -260,16 +260,17 @@ def _delta(phi: np.ndarray, ref: np.ndarray) -> float:
 def frame_metrics(gt: np.ndarray, crnn: np.ndarray, factor: int, eps: float, mass0: float,
                   frozen: np.ndarray | None = None) -> dict:
     """Metrics of one frame: ground truth ``gt`` on the full grid, ``crnn`` on the model grid
-    (x1/``factor``). ``rmse``/``delta`` on the full grid (CRNN upsampled), ``rmse_model`` on the
-    model grid (GT downsampled), F/V of the GT on both grids and of the CRNN on its grid (spacing
-    ``factor``), the CRNN's relative mass drift from ``mass0``, :func:`overshoot` of both, and
-    ``delta_frozen``: δ of the no-change predictor ``frozen`` (the upsampled model-grid IC), a
-    baseline for ``delta``."""
+    (x1/``factor``). ``rmse``/``delta`` on the full grid (CRNN upsampled), ``rmse_model`` and
+    ``delta_model`` on the model grid (GT downsampled; δ in model-grid units), F/V of the GT on
+    both grids and of the CRNN on its grid (spacing ``factor``), the CRNN's relative mass drift
+    from ``mass0``, :func:`overshoot` of both, and ``delta_frozen``: δ of the no-change
+    predictor ``frozen`` (the upsampled model-grid IC), a baseline for ``delta``."""
     up = upsample(crnn, factor)
     gt_c = downsample(gt, factor)
     return {"rmse": rmse(up, gt), "delta": _delta(up, gt),
             "delta_frozen": _delta(frozen, gt) if frozen is not None else float("nan"),
-            "rmse_model": rmse(crnn, gt_c), "fv_gt": free_energy_density(gt, eps),
+            "rmse_model": rmse(crnn, gt_c), "delta_model": _delta(crnn, gt_c),
+            "fv_gt": free_energy_density(gt, eps),
             "fv_gt_model": free_energy_density(gt_c, eps, factor),
             "fv_crnn": free_energy_density(crnn, eps, factor),
             "mass_drift": mass(crnn) / mass0 - 1.0, "overshoot_gt": overshoot(gt),

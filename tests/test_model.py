@@ -10,7 +10,6 @@ from napari_chflow import model as M
 from napari_chflow.model import (
     CRNN,
     CheckpointError,
-    CRNNConfig,
     RolloutDiverged,
     available_pretrained,
     downsample,
