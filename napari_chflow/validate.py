@@ -123,10 +123,11 @@ PRESETS: dict[str, ValidationConfig] = {
         scale="tiny", size=16, train_n_tau=2, time_n_ics=2, domain_n_ics=1, bunny_size=16,
         bunny_n_tau=4, coarsen_size=16, coarsen_n_tau=100, ensemble_n=3, ensemble_size=16,
         ensemble_n_tau=20, bench_sizes=(8, 16), n_record=20),
-    # for a model trained on 32^3 boxes, 19-tau sequences: about 25 min on one core of this
-    # 2-core machine (estimated from measured s/tau: spectral 0.02 s at 64^3, CRNN 0.08 s at
-    # 128^3, explicit 0.4 s at 64^3), of which 128^3 coarsening is ~15 min; spectral ground truth
-    # for the long runs (it agrees with the explicit solver, see experiment 1), explicit elsewhere
+    # the shipped model (32^3 boxes, 40-tau sequences) on this 2-core CPU: 20 min in all with
+    # coarsen_n_tau=1000 (measured, docs/validation.md), of which 128^3 coarsening 9 min (the CRNN
+    # takes ~0.5 s per tau at 128^3); the default 3000 tau adds about 18 min. Spectral ground
+    # truth for the long runs (it agrees with the explicit solver, see experiment 1), explicit
+    # elsewhere
     "cpu": ValidationConfig(scale="cpu"),
     # the paper's sizes for a GPU: 128^3 coarsening, 100-run ensemble on the training box
     "full": ValidationConfig(
