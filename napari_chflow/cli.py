@@ -143,7 +143,7 @@ def _cmd_dataset(args) -> None:
         n_seq=args.n_seq, frames=args.frames, size=args.size, tau=args.tau, eps=args.eps,
         mobility=args.mobility, solver=args.solver, dt=args.dt, seed=args.seed,
         val_fraction=args.val_fraction, later_start_fraction=args.later_start_fraction,
-        max_burn_in_tau=args.max_burn_in_tau,
+        max_burn_in_tau=args.max_burn_in_tau, shapes_fraction=args.shapes_fraction,
     )
     done = generate_dataset(args.output, config, shard=parse_shard(args.shard), workers=args.workers,
                             progress=not args.quiet, device=args.device)
@@ -258,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--later-start-fraction", type=float, default=0.5,
                    help="share of sequences that start from a later state, not the noise")
     s.add_argument("--max-burn-in-tau", type=int, default=50, help="longest burn-in before recording")
+    s.add_argument("--shapes-fraction", type=float, default=0.0,
+                   help="share of sequences starting from a slab or spheres at rest (default 0)")
     s.add_argument("--shard", default="0/1", help="i/n: generate only sequences k with k %% n == i")
     s.add_argument("--workers", type=int, default=1, help="parallel processes")
     s.add_argument("--device", default=None, help="cpu (default) or cuda")

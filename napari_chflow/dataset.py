@@ -4,9 +4,11 @@ Each sequence is ``frames`` states ``(Z, Y, X)`` spaced by ``tau``, of a periodi
 evolved by the Cahn-Hilliard solver from a periodic Perlin-noise initial condition whose mean
 phi is drawn from N(0.5, 0.1). A share ``later_start_fraction`` of the sequences starts later in
 the evolution: the noise first evolves for ``k * tau``, k uniform in ``[1, max_burn_in_tau]``.
+Optionally (``shapes_fraction``, not in the paper) some sequences start from a slab or spheres.
 
-Everything about sequence ``i`` (Perlin parameters, burn-in) comes from
-``np.random.default_rng([seed, i])``, so it does not depend on sharding, worker count or order.
+Everything about sequence ``i`` (initial condition, burn-in) comes from
+``np.random.default_rng([seed, i])`` (and ``[seed, i, 1]`` for shapes), so it does not depend
+on sharding, worker count or order.
 
 Layout of ``out_dir``::
 
@@ -61,7 +63,10 @@ class DatasetConfig:
     Initial conditions are ``seeds.perlin``: each sequence draws a feature size (grid units) from
     ``perlin_scales`` and a number of fractal layers from ``perlin_layers``; ``perlin_amplitude``
     is the std of phi before clipping; the mean phi is drawn from N(``mean_phi``,
-    ``mean_phi_std``) clipped to ``mean_phi_range``.
+    ``mean_phi_std``) clipped to ``mean_phi_range``. A share ``shapes_fraction`` of the sequences
+    starts instead from simple shapes at rest (:func:`shape_params`): a flat slab, which is an
+    exact equilibrium, or a few spheres, which ripen slowly. They teach a surrogate that
+    coarsened states barely move, which Perlin spinodal data alone shows rarely.
     """
 
     n_seq: int
@@ -82,6 +87,7 @@ class DatasetConfig:
     perlin_scales: tuple[float, ...] = (8.0, 16.0, 32.0)
     perlin_layers: tuple[int, ...] = (1, 2, 3)
     perlin_amplitude: float = 0.25
+    shapes_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         from napari_chflow.physics import SOLVERS
@@ -111,6 +117,8 @@ class DatasetConfig:
             (len(self.perlin_layers) > 0 and min(self.perlin_layers) >= 1,
              "perlin_layers must be a non-empty tuple of integers >= 1"),
             (self.perlin_amplitude >= 0, f"perlin_amplitude={self.perlin_amplitude}: use >= 0"),
+            (0 <= self.shapes_fraction <= 1,
+             f"shapes_fraction={self.shapes_fraction}: use a value in [0, 1] (--shapes-fraction)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -157,6 +165,10 @@ def sequence_params(config: DatasetConfig, index: int) -> dict[str, Any]:
     perlin_seed = int(rng.integers(2**31 - 1))
     later = bool(rng.random() < config.later_start_fraction)
     k = int(rng.integers(1, max(config.max_burn_in_tau, 1) + 1))  # always drawn: stable streams
+    burn_in = {"burn_in_tau": k if later else 0}
+    shape = shape_params(config, index)
+    if shape is not None:
+        return {**shape, **burn_in}
     return {
         "kind": "perlin",
         "mean": mean,
@@ -164,18 +176,44 @@ def sequence_params(config: DatasetConfig, index: int) -> dict[str, Any]:
         "layers": layers,
         "amplitude": config.perlin_amplitude,
         "seed": perlin_seed,
-        "burn_in_tau": k if later else 0,
+        **burn_in,
     }
 
 
-def initial_condition(config: DatasetConfig, index: int) -> np.ndarray:
-    """The Perlin initial condition of sequence ``index``, ``(size, size, size) float32``
-    (its first recorded frame when ``burn_in_tau == 0``)."""
-    from napari_chflow.seeds import perlin
+def shape_params(config: DatasetConfig, index: int) -> dict[str, Any] | None:
+    """Shape initial condition of sequence ``index``, or None for a Perlin one. Drawn from its own
+    stream ``default_rng([seed, index, 1])``, so datasets without shapes keep their Perlin draws.
 
-    p = sequence_params(config, index)
-    return perlin((config.size,) * 3, scale=p["scale"], layers=p["layers"], mean=p["mean"],
-                  amplitude=p["amplitude"], seed=p["seed"])
+    With probability ``shapes_fraction``: a slab (1/3: random axis, width in [1/4, 3/4] of the
+    box, random centre) or 1-6 spheres (2/3: radii in [1/10, 3/10] of the box, random centres).
+    """
+    if config.shapes_fraction <= 0:
+        return None
+    rng = np.random.default_rng([config.seed, index, 1])
+    if rng.random() >= config.shapes_fraction:
+        return None
+    n = config.size
+    if rng.random() < 1 / 3:
+        return {"kind": "slab", "axis": int(rng.integers(3)),
+                "width": float(rng.uniform(0.25, 0.75) * n), "center": float(rng.uniform(0, n))}
+    return {"kind": "spheres", "n": int(rng.integers(1, 7)), "radius_range": [0.1 * n, 0.3 * n],
+            "seed": int(rng.integers(2**31 - 1))}
+
+
+def initial_condition(config: DatasetConfig, index: int) -> np.ndarray:
+    """The initial condition of sequence ``index`` (Perlin, slab or spheres, per
+    :func:`sequence_params`), ``(size, size, size) float32``; its first recorded frame when
+    ``burn_in_tau == 0``."""
+    from napari_chflow import seeds
+
+    p, shape = sequence_params(config, index), (config.size,) * 3
+    if p["kind"] == "slab":
+        return seeds.slab(shape, width=p["width"], axis=p["axis"], center=p["center"], eps=config.eps)
+    if p["kind"] == "spheres":
+        return seeds.random_spheres(shape, n=p["n"], radius_range=tuple(p["radius_range"]),
+                                    seed=p["seed"], eps=config.eps)
+    return seeds.perlin(shape, scale=p["scale"], layers=p["layers"], mean=p["mean"],
+                        amplitude=p["amplitude"], seed=p["seed"])
 
 
 def sequence_path(out_dir: str | os.PathLike, index: int) -> Path:
@@ -209,7 +247,7 @@ def _generate_one(
     attrs = {
         "tau": config.tau, "eps": config.eps, "mobility": config.mobility,
         "dt": _resolved_dt(config), "solver": config.solver,
-        "seed": {key: p[key] for key in ("kind", "mean", "scale", "layers", "amplitude", "seed")},
+        "seed": {key: value for key, value in p.items() if key != "burn_in_tau"},
         "burn_in_tau": k, "t0": k * config.tau, "index": index, "split": split,
         "dataset_seed": config.seed,
     }

@@ -113,13 +113,43 @@ class _Conv(nn.Conv3d):
         return _conv3d(x, self.weight, self.bias)
 
 
+def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """1x1x1 convolution as one batched matrix product over the voxels (PyTorch's CPU conv takes
+    a slow generic path for it). ``weight`` ``(C_out, C_in, 1, 1, 1)``, ``bias`` ``(C_out,)``."""
+    b, c, *grid = x.shape
+    w = weight.view(weight.shape[0], c).expand(b, -1, -1)
+    flat = x.reshape(b, c, -1)
+    y = torch.bmm(w, flat) if bias is None else torch.baddbmm(bias[:, None], w, flat)
+    return y.view(b, weight.shape[0], *grid)
+
+
+class _Pointwise(nn.Conv3d):
+    """``nn.Conv3d(c_in, c_out, 1)`` computed by :func:`_pointwise`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _pointwise(x, self.weight, self.bias)
+
+
+class _DeepMapping(nn.Sequential):
+    """``pointwise(tanh(conv_k(x)))`` evaluated as ``pointwise'(sigmoid(conv_k'(x)))``: with
+    tanh(a) = 2 sigmoid(2a) - 1 the factors fold into the weights (conv_k' = 2 conv_k,
+    pointwise' weight 2W and bias b - W 1). Same function; sigmoid is 3x faster than tanh on CPU.
+    Parameters and state-dict keys are those of ``Sequential(conv_k, Tanh, Conv3d 1x1)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, _, point = self
+        a = torch.sigmoid(_conv3d(x, 2 * conv.weight, None if conv.bias is None else 2 * conv.bias))
+        shift = -point.weight.sum(dim=(1, 2, 3, 4))
+        return _pointwise(a, 2 * point.weight, shift if point.bias is None else point.bias + shift)
+
+
 def _mapping(c_in: int, c_out: int, cfg: CRNNConfig, c_final: int | None = None,
              bias: bool = True) -> nn.Sequential:
     """``conv_k`` (on an already padded input), then, if deep, ``tanh`` and a 1x1x1 conv."""
     if not cfg.deep_mapping:
         return nn.Sequential(_Conv(c_in, c_final or c_out, cfg.kernel, bias=bias))
-    return nn.Sequential(
-        _Conv(c_in, c_out, cfg.kernel), nn.Tanh(), nn.Conv3d(c_out, c_final or c_out, 1, bias=bias)
+    return _DeepMapping(
+        _Conv(c_in, c_out, cfg.kernel), nn.Tanh(), _Pointwise(c_out, c_final or c_out, 1, bias=bias)
     )
 
 
@@ -135,16 +165,6 @@ class _ConvGRUCell(nn.Module):
         r, z = torch.sigmoid(self.gates(torch.cat([x_pad, _pad(h, self.p)], 1))).chunk(2, 1)
         n = torch.tanh(self.candidate(torch.cat([x_pad, _pad(r * h, self.p)], 1)))
         return h + z * (n - h)
-
-
-def _divergence_kernel() -> torch.Tensor:
-    """``(1, 3, 3, 3, 3)`` conv weight: channel d gets ``(u[i+1] - u[i-1]) / 2`` along axis d."""
-    w = torch.zeros(1, 3, 3, 3, 3, dtype=torch.float64)
-    for d in range(3):
-        lo, hi = [1, 1, 1], [1, 1, 1]
-        lo[d], hi[d] = 0, 2
-        w[(0, d, *lo)], w[(0, d, *hi)] = -0.5, 0.5
-    return w
 
 
 def _autocast(device_type: str, mode: str | None):
@@ -174,7 +194,6 @@ class CRNN(nn.Module):
         )
         # toFlux; no bias on the last conv: a constant u has no divergence (and its mean is removed)
         self.to_flux = _mapping(h, h, config, c_final=3, bias=False)
-        self.register_buffer("div_kernel", _divergence_kernel().float(), persistent=False)
         n_params = sum(p.numel() for p in self.parameters() if p.requires_grad)
         self.info = ModelInfo(config, float(tau), float(eps), float(mobility), int(downscale),
                               dict(recipe or {}), dict(data or {}), str(version), n_params)
@@ -188,7 +207,8 @@ class CRNN(nn.Module):
         """Periodic central-difference divergence of ``u`` ``(B, 3, Z, Y, X)`` (components along
         Z, Y, X) -> ``(B, Z, Y, X)``, always evaluated in ``u``'s dtype (autocast off)."""
         with torch.autocast(u.device.type, enabled=False):
-            return _conv3d(_pad(u, 1), self.div_kernel.to(u.dtype)).squeeze(1)
+            parts = [torch.roll(u[:, d], -1, d + 1) - torch.roll(u[:, d], 1, d + 1) for d in range(3)]
+            return (parts[0] + parts[1] + parts[2]) * 0.5
 
     def init_hidden(self, phi: torch.Tensor) -> list[torch.Tensor]:
         """Zero hidden state for ``phi`` ``(B, Z, Y, X)``: one ``(B, H, Z, Y, X)`` per cell."""
@@ -216,7 +236,7 @@ class CRNN(nn.Module):
 
     def forward(self, phi_in: torch.Tensor, n_steps: int = 0,
                 hidden: list[torch.Tensor] | None = None,
-                autocast: str | None = None) -> torch.Tensor:
+                autocast: str | None = None, input_noise: float = 0.0) -> torch.Tensor:
         """Teacher forcing on the given frames, then free running.
 
         ``phi_in`` ``(B, T_in, Z, Y, X)`` holds frames ``0..T_in-1``. Returns the predictions of
@@ -225,6 +245,9 @@ class CRNN(nn.Module):
         previous prediction; the hidden state is carried throughout. So
         ``model(seq[:, :k], T - k)`` is compared with ``seq[:, 1:]``, and ``k = 1`` generates the
         whole sequence from the initial condition.
+
+        ``input_noise`` (training only): std of Gaussian noise, spatial mean removed so mass is
+        unchanged, added to every step's input phi; the model learns to damp perturbations.
         """
         if phi_in.ndim != 5:
             raise ValueError(f"phi_in must be (B, T, Z, Y, X), got shape {tuple(phi_in.shape)}: "
@@ -235,7 +258,11 @@ class CRNN(nn.Module):
                              "give at least 2 frames or n_steps >= 1")
         out: list[torch.Tensor] = []
         for t in range(t_in - 1 + n_steps):
-            phi, hidden = self.step(phi_in[:, t] if t < t_in else out[-1], hidden, autocast)
+            phi = phi_in[:, t] if t < t_in else out[-1]
+            if input_noise:
+                noise = torch.randn_like(phi) * input_noise
+                phi = phi + (noise - noise.mean(dim=(-3, -2, -1), keepdim=True))
+            phi, hidden = self.step(phi, hidden, autocast)
             out.append(phi)
         return torch.stack(out, 1)
 

@@ -105,7 +105,8 @@ class TrainConfig:
     torch CPU threads (None = torch's default); ``lr_schedule``: "constant" or "cosine" (from
     ``lr`` at the first epoch down to ``lr / 20`` at the last); ``init``: a checkpoint whose
     weights start the run (fine-tuning; same architecture, downscale and physics), None =
-    random weights."""
+    random weights; ``input_noise``: std of the zero-mean noise added to every model input
+    while training (not in the paper; teaches the model to damp perturbations), 0 = off."""
 
     epochs: int = 100
     lr: float = 1e-3
@@ -120,6 +121,7 @@ class TrainConfig:
     num_threads: int | None = None
     lr_schedule: str = "constant"
     init: str | None = None
+    input_noise: float = 0.0
     model: CRNNConfig = CRNNConfig()
 
 
@@ -190,10 +192,12 @@ def load_sequences(paths: list, downscale: int = 2, frames: int | None = None) -
     return torch.stack(seqs) if seqs else torch.empty(0)
 
 
-def sample_losses(model: torch.nn.Module, seq: torch.Tensor, n_gen: int) -> torch.Tensor:
+def sample_losses(model: torch.nn.Module, seq: torch.Tensor, n_gen: int,
+                  input_noise: float = 0.0) -> torch.Tensor:
     """Voxel-wise MSE per sample ``(B,)`` over frames ``1..T-1`` of ``seq`` ``(B, T, Z, Y, X)``:
-    teacher forcing on the first ``T - n_gen`` frames, then ``n_gen`` generated ones."""
-    pred = model(seq[:, : seq.shape[1] - n_gen], n_gen)
+    teacher forcing on the first ``T - n_gen`` frames, then ``n_gen`` generated ones (inputs
+    perturbed by ``input_noise``, targets clean)."""
+    pred = model(seq[:, : seq.shape[1] - n_gen], n_gen, input_noise=input_noise)
     return ((pred - seq[:, 1:]) ** 2).mean(dim=tuple(range(1, seq.ndim)))
 
 
@@ -269,6 +273,7 @@ def _check(config: TrainConfig, stored: TrainConfig | None, n_train: int, n_val:
         (config.epochs < 1, f"epochs={config.epochs}: use epochs >= 1"),
         (config.batch_size < 1, f"batch_size={config.batch_size}: use batch_size >= 1"),
         (config.lr <= 0, f"lr={config.lr}: use a positive learning rate"),
+        (config.input_noise < 0, f"input_noise={config.input_noise}: use a std >= 0 (--input-noise)"),
         (config.lr_schedule not in LR_SCHEDULES, f"lr_schedule={config.lr_schedule!r}: use one "
          f"of {', '.join(LR_SCHEDULES)}"),
         (n_train == 0 or n_val == 0, f"the dataset has {n_train} training and {n_val} validation "
@@ -346,7 +351,7 @@ def _train_epoch(net, optimizer, data: torch.Tensor, config: TrainConfig, epoch:
         weight = len(mine) * ranks.world / len(positions)  # DDP's gradient average = global mean
         mine = mine or positions[:1]  # an idle rank still joins the all-reduce, with weight 0
         batch = torch.stack([augment(data[order[p]], int(syms[p])) for p in mine]).to(ranks.device)
-        losses = sample_losses(net, batch, n_gen)
+        losses = sample_losses(net, batch, n_gen, config.input_noise)
         if not bool(torch.isfinite(losses).all()):
             raise TrainingError(f"training diverged (non-finite loss) in epoch {epoch + 1}: lower "
                                 "--lr or --grad-clip and resume; last.pt holds the last good epoch")
@@ -501,6 +506,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help=f"constant, or cosine decay to lr*{LR_FINAL_FRACTION:g} (default {d.lr_schedule})")
     add("--init", metavar="CHECKPOINT",
         help="start from this checkpoint's weights (fine-tune) instead of random ones")
+    add("--input-noise", type=float,
+        help=f"std of zero-mean noise added to model inputs in training (default {d.input_noise:g})")
     add("--grad-clip", type=float, help=f"max gradient norm, 0 = off (default {d.grad_clip})")
     add("--seed", type=int, help=f"seed of weights, data order, augmentation (default {d.seed})")
     add("--device", help="cpu (default) or cuda")

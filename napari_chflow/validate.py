@@ -205,7 +205,7 @@ def training_spec(model) -> TrainingSpec:
     limit = (recipe.get("train_config") or {}).get("frames")
     if limit:
         frames = min(frames, int(limit))
-    seeds = frozenset(sequence_params(cfg, i)["seed"] for i in range(cfg.n_seq))
+    seeds = frozenset(sequence_params(cfg, i).get("seed") for i in range(cfg.n_seq)) - {None}
     return TrainingSpec(cfg.size, frames, cfg.tau, True, cfg, seeds)
 
 
@@ -216,7 +216,7 @@ def heldout_ics(spec: TrainingSpec, n: int, size: int, offset: int = 10_000,
     training. Returns ``(phi0, params)`` pairs; ``start`` shifts the recipe indices."""
     base = spec.dataset or DatasetConfig(n_seq=1)
     cfg = replace(base, n_seq=start + 4 * n + 16, size=int(size), seed=base.seed + offset,
-                  mean_phi=0.5, mean_phi_std=0.0, mean_phi_range=(0.25, 0.75))
+                  mean_phi=0.5, mean_phi_std=0.0, mean_phi_range=(0.25, 0.75), shapes_fraction=0.0)
     out: list[tuple[np.ndarray, dict]] = []
     for i in range(start, cfg.n_seq):
         p = sequence_params(cfg, i)

@@ -77,6 +77,31 @@ def test_sequence_parameters_follow_the_recipe():
     assert sequence_params(DatasetConfig(n_seq=4000, seed=4), 1234) != params[1234]
 
 
+def test_shapes_fraction_adds_slabs_and_spheres_and_keeps_the_perlin_draws():
+    plain, mixed = DatasetConfig(n_seq=900, seed=3), DatasetConfig(n_seq=900, seed=3, shapes_fraction=0.3)
+    params = [sequence_params(mixed, k) for k in range(mixed.n_seq)]
+    kinds = np.array([p["kind"] for p in params])
+    assert abs((kinds != "perlin").mean() - 0.3) < 0.05
+    assert abs((kinds == "slab").sum() / (kinds != "perlin").sum() - 1 / 3) < 0.08
+    for k, p in enumerate(params):  # the Perlin sequences and every burn-in are unchanged
+        ref = sequence_params(plain, k)
+        assert p["burn_in_tau"] == ref["burn_in_tau"]
+        if p["kind"] == "perlin":
+            assert p == ref
+    small = DatasetConfig(n_seq=40, size=16, seed=3, shapes_fraction=0.5)
+    slab_k = next(k for k in range(40) if sequence_params(small, k)["kind"] == "slab")
+    p, phi = sequence_params(small, slab_k), initial_condition(small, slab_k)
+    assert phi.shape == (16, 16, 16) and phi.min() >= 0 and phi.max() <= 1
+    profile = phi.mean(axis=tuple(a for a in range(3) if a != p["axis"]))
+    assert np.ptp(phi, axis=tuple(a for a in range(3) if a != p["axis"])).max() == 0  # flat
+    assert abs(profile.sum() - p["width"]) < 0.05  # the slab holds width voxels of phase 1
+    sph_k = next(k for k in range(40) if sequence_params(small, k)["kind"] == "spheres")
+    phi = initial_condition(small, sph_k)
+    assert 0.01 < phi.mean() < 0.9 and phi.max() > 0.99
+    with pytest.raises(ValueError, match="shapes_fraction=1.5.*--shapes-fraction"):
+        DatasetConfig(n_seq=4, shapes_fraction=1.5)
+
+
 def test_split_is_a_deterministic_70_30_partition():
     config = DatasetConfig(n_seq=1850, seed=0)
     train, val = split_indices(config)

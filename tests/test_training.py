@@ -256,3 +256,6 @@ def test_init_from_another_architecture_is_refused(tiny_dataset, reference_run, 
     with pytest.raises(TrainingError, match="lr_schedule='linear'"):
         train(tiny_dataset, tmp_path, dataclasses.replace(CONFIG, lr_schedule="linear"),
               progress=False)
+    with pytest.raises(TrainingError, match="input_noise=-0.1.*--input-noise"):
+        train(tiny_dataset, tmp_path, dataclasses.replace(CONFIG, input_noise=-0.1),
+              progress=False)
