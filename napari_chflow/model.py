@@ -123,13 +123,6 @@ def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
     return y.view(b, weight.shape[0], *grid)
 
 
-class _Pointwise(nn.Conv3d):
-    """``nn.Conv3d(c_in, c_out, 1)`` computed by :func:`_pointwise`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _pointwise(x, self.weight, self.bias)
-
-
 class _DeepMapping(nn.Sequential):
     """``pointwise(tanh(conv_k(x)))`` evaluated as ``pointwise'(sigmoid(conv_k'(x)))``: with
     tanh(a) = 2 sigmoid(2a) - 1 the factors fold into the weights (conv_k' = 2 conv_k,
@@ -149,7 +142,7 @@ def _mapping(c_in: int, c_out: int, cfg: CRNNConfig, c_final: int | None = None,
     if not cfg.deep_mapping:
         return nn.Sequential(_Conv(c_in, c_final or c_out, cfg.kernel, bias=bias))
     return _DeepMapping(
-        _Conv(c_in, c_out, cfg.kernel), nn.Tanh(), _Pointwise(c_out, c_final or c_out, 1, bias=bias)
+        _Conv(c_in, c_out, cfg.kernel), nn.Tanh(), nn.Conv3d(c_out, c_final or c_out, 1, bias=bias)
     )
 
 

@@ -31,7 +31,6 @@ TAU = 0.5
 EXPLICIT_DT = 1.25e-3
 SPECTRAL_DT = 0.125
 SOLVERS = ("explicit", "spectral")
-_S_CAP = 0.5
 
 
 class SimulationDiverged(RuntimeError):
@@ -262,7 +261,7 @@ def _spectral_stepper(phi: torch.Tensor, run: _Run):
     def stabiliser() -> float:
         lo, hi = torch.aminmax(phi)
         u = max(float(hi) - 0.5, 0.5 - float(lo))  # g'' largest farthest from 1/2
-        return min(c * (1 - 6 * (0.5 + u) + 6 * (0.5 + u) ** 2), c * _S_CAP)
+        return min(c * (1 - 6 * (0.5 + u) + 6 * (0.5 + u) ** 2), c / 2)
 
     def bulk_fft(out: torch.Tensor) -> torch.Tensor:
         """P = FFT(u^3 - u/4) = FFT(g'(phi)) / 2c into ``out``."""
