@@ -220,11 +220,16 @@ def inverse_rfftn(shape, device=None, dtype=torch.float32) -> Callable[..., torc
     twiddle = 1j * torch.exp(2j * math.pi * torch.arange(half, dtype=torch.float64) / x)
     alpha = ((1 + twiddle) / 2).to(device, complex_dtype)
     beta = ((1 - twiddle) / 2).to(device, complex_dtype)
+    # flat index of the partner mode (-kz, -ky, X/2 - k) of packed mode (kz, ky, k) in hat
+    kz, ky = ((-torch.arange(n)) % n for n in (z, y))
+    partner_index = ((kz[:, None, None] * y + ky[None, :, None]) * (half + 1)
+                     + (half - torch.arange(half))[None, None, :]).to(device)
+    partner = torch.empty((z, y, half), dtype=complex_dtype, device=device)
 
     def irfftn(hat: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         # even/odd samples: E = (H[k] + conj H[-k'])/2, O = (H[k] - conj H[-k'])/2 e^(2 pi i k/X),
         # with -k' = (-kz, -ky, X/2 - k); their packed spectrum E + i O is alpha H + beta conj H[-k']
-        partner = torch.roll(hat[..., 1 : half + 1].flip((0, 1, 2)), (1, 1), (0, 1)).conj()
+        torch.conj_physical(torch.take(hat, partner_index, out=partner), out=partner)
         packed = torch.mul(hat[..., :half], alpha).addcmul_(partner, beta)
         if out is None:
             return torch.view_as_real(torch.fft.ifftn(packed)).reshape(shape)

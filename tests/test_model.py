@@ -76,6 +76,51 @@ def test_arbitrary_grid_sizes_and_shapes():
         model(torch.rand(1, 4, 4, 4), n_steps=1)
 
 
+def paper_step(model: CRNN, phi: torch.Tensor, hidden: list[torch.Tensor] | None):
+    """The paper's equations written plainly: (B, C, Z, Y, X) activations, circular F.pad,
+    F.conv3d, tanh; hidden states (B, H, Z, Y, X)."""
+    import torch.nn.functional as F
+
+    def mapping(m, x):
+        conv, tanh, point = m
+        x = F.pad(x, (1,) * 6, mode="circular")
+        return F.conv3d(torch.tanh(F.conv3d(x, conv.weight, conv.bias)), point.weight, point.bias)
+
+    x, new = phi[:, None], []
+    hidden = hidden or [phi.new_zeros(phi.shape[0], 10, *phi.shape[1:]) for _ in model.cells]
+    for cell, h in zip(model.cells, hidden):
+        r, z = torch.sigmoid(mapping(cell.gates, torch.cat([x, h], 1))).chunk(2, 1)
+        n = torch.tanh(mapping(cell.candidate, torch.cat([x, r * h], 1)))
+        x = (1 - z) * h + z * n
+        new.append(x)
+    u = mapping(model.to_flux, x)
+    u = u - u.mean(dim=(2, 3, 4), keepdim=True)
+    div = sum(torch.roll(u[:, d], -1, d + 1) - torch.roll(u[:, d], 1, d + 1) for d in range(3)) / 2
+    return phi + div, new
+
+
+def test_step_is_the_papers_convgru_and_its_gradients_match():
+    # the fast path (channels-last, tanh folded into sigmoid, oneDNN) computes the same function
+    model = make_model(3)
+    phi0 = torch.from_numpy(field((2, 6, 7, 8), seed=4))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # move biases off zero so every term counts
+    fast, ref = phi0.clone().requires_grad_(), phi0.clone().requires_grad_()
+    a, ha = model.step(fast)
+    b, hb = paper_step(model, ref, None)
+    for _ in range(2):
+        a, ha = model.step(a, ha)
+        b, hb = paper_step(model, b, hb)
+    torch.testing.assert_close(a, b, rtol=0, atol=2e-5)
+    assert (a - phi0).abs().max() > 1e-2  # the comparison is not trivial
+    weights = torch.from_numpy(field(a.shape, seed=5))
+    grads_fast = torch.autograd.grad((a * weights).sum(), [fast, *model.parameters()])
+    grads_ref = torch.autograd.grad((b * weights).sum(), [ref, *model.parameters()])
+    for g1, g2 in zip(grads_fast, grads_ref):
+        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)
+
+
 def test_periodic_translation_equivariance():
     model = make_model()
     seq = torch.from_numpy(field((1, 3, 12, 10, 14)))
