@@ -25,6 +25,7 @@ from napari_chflow.bench import format_table, solver_timings
 from napari_chflow.metrics import interface_displacement, mass
 from napari_chflow.model import downsample, iter_rollout, load_checkpoint
 from napari_chflow.seeds import perlin, slab
+from napari_chflow.training import best_epoch_number
 from napari_chflow.validate import paired_run
 
 HELD_OUT_SEEDS = (10_001, 10_002, 10_003, 10_004)
@@ -133,7 +134,7 @@ def card(model, acc: dict, stab: dict, still: dict, speed_table: str, dataset_cm
         f"- recipe: {rec.get('train_config', rec)}",
         f"- epochs done: {rec.get('epochs_done', '?')}, wall time: {rec.get('wall_seconds', 0) / 3600:.2f} h, "
         f"hardware: {rec.get('hardware', '?')}, best full-sequence validation loss {rec.get('best_val_loss_full', '?')} "
-        f"(epoch {rec.get('best_epoch', '?')})",
+        f"(epoch {best_epoch_number(rec)})",
         "",
         *_lineage(rec),
         "This is a CPU-budget model: the paper trained ~50 GPU hours on 1850 sequences of 64^3 x 50 frames; "

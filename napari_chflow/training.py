@@ -175,6 +175,14 @@ def select_best_epoch(history: list[dict]) -> int:
     return min(full, key=lambda h: h["val_loss_full"])["epoch"]
 
 
+def best_epoch_number(recipe: dict) -> int | str:
+    """The best epoch of a checkpoint's ``recipe`` counted from 1, as the progress bar, the run
+    summary and the loss curve count it (``recipe["best_epoch"]`` is 0-based, like metrics.jsonl);
+    ``"?"`` when unknown."""
+    best = recipe.get("best_epoch")
+    return best + 1 if isinstance(best, int) else "?"
+
+
 # --------------------------------------------------------------------------- data and loss
 
 

@@ -43,6 +43,7 @@ from .io import atomic_write_text
 from .metrics import coarsening_exponent, interface_displacement, mass, rmse
 from .model import RolloutDiverged, downsample, iter_rollout, upsample
 from .physics import free_energy_density
+from .training import best_epoch_number
 
 PAPER_DELTA_BOUND = 3.0  # "comparable to eps = 3 for most of the evolution" (sec. 3.3)
 PAPER_REL_F_ERROR = 0.055  # "stays below 5.5% for the whole evolution" (sec. 3.3, fig. 6b)
@@ -1099,7 +1100,7 @@ def model_summary(model, spec: TrainingSpec) -> dict[str, str]:
         out["training recipe"] = (f"{r.get('epochs_done', '?')} epochs (curriculum "
                                   f"{tc.get('curriculum_epochs', '?')}), lr {tc.get('lr', '?')}, "
                                   f"batch {tc.get('batch_size', '?')}, best epoch "
-                                  f"{r.get('best_epoch', '?')}, best validation loss "
+                                  f"{best_epoch_number(r)}, best validation loss "
                                   f"{_num(r.get('best_val_loss_full', float('nan')))}, "
                                   f"{_num(r.get('wall_seconds', float('nan')) / 3600)} h on "
                                   f"{_hardware_text(r.get('hardware'))}")

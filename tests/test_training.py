@@ -24,6 +24,7 @@ from napari_chflow.training import (
     TrainingError,
     allowed_symmetries,
     augment,
+    best_epoch_number,
     curriculum_length,
     learning_rate,
     load_sequences,
@@ -176,6 +177,8 @@ def test_curriculum_and_best_checkpoint_in_a_run(tiny_dataset, reference_run):
     expected = min(full, key=lambda h: h["val_loss_full"])["epoch"]
     assert recipe["best_epoch"] == select_best_epoch(history) == expected
     assert recipe["epochs_done"] == recipe["best_epoch"] + 1
+    # shown counting from 1, as the progress bar and the loss curve count epochs
+    assert best_epoch_number(recipe) == expected + 1 and best_epoch_number({}) == "?"
     val = load_sequences(load_dataset(tiny_dataset).val, downscale=2)
     with torch.no_grad():
         loss = float(sample_losses(model, val, 4).mean())
