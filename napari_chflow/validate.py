@@ -206,7 +206,8 @@ def training_spec(model) -> TrainingSpec:
     limit = (recipe.get("train_config") or {}).get("frames")
     if limit:
         frames = min(frames, int(limit))
-    seeds = frozenset(sequence_params(cfg, i).get("seed") for i in range(cfg.n_seq)) - {None}
+    params = (sequence_params(cfg, i) for i in range(cfg.n_seq))
+    seeds = frozenset(p["seed"] for p in params if p["kind"] == "perlin")  # not the sphere seeds
     return TrainingSpec(cfg.size, frames, cfg.tau, True, cfg, seeds)
 
 

@@ -87,7 +87,8 @@ def paper_step(model: CRNN, phi: torch.Tensor, hidden: list[torch.Tensor] | None
         return F.conv3d(torch.tanh(F.conv3d(x, conv.weight, conv.bias)), point.weight, point.bias)
 
     x, new = phi[:, None], []
-    hidden = hidden or [phi.new_zeros(phi.shape[0], 10, *phi.shape[1:]) for _ in model.cells]
+    h = model.config.hidden
+    hidden = hidden or [phi.new_zeros(phi.shape[0], h, *phi.shape[1:]) for _ in model.cells]
     for cell, h in zip(model.cells, hidden):
         r, z = torch.sigmoid(mapping(cell.gates, torch.cat([x, h], 1))).chunk(2, 1)
         n = torch.tanh(mapping(cell.candidate, torch.cat([x, r * h], 1)))
