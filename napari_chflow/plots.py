@@ -9,6 +9,7 @@ data (``set_data``, ``relim``, ``autoscale_view``), which is what a live view ne
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -20,6 +21,13 @@ TITLES = {"error": "error vs ground truth", "free_energy": "free energy density"
 LOG_PANELS = ("error", "free_energy")  # log-log axes
 
 Traces = Mapping[str, Mapping[str, np.ndarray]]
+
+# Matplotlib's text layout (the mathtext parser behind log-axis tick labels, a pyparsing grammar
+# with a global packrat cache) is process-wide state and not thread-safe: two figures rendered
+# at once in two threads (the Traces widget's render thread and a PNG export, or training's
+# loss.png beside the Train widget's plot) corrupt each other's parses ("ParseException ... at
+# char 0"). Every render that can run beside another thread holds this lock.
+DRAW_LOCK = threading.RLock()
 
 
 def panel_lines(panel: str, traces: Traces) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
@@ -184,8 +192,9 @@ def save_traces_png(path: str | Path, traces: Traces, title: str = "") -> Path:
     draw_all(axes, traces)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path)
+    with DRAW_LOCK:
+        fig.tight_layout()
+        fig.savefig(path)
     return Path(path)
 
 

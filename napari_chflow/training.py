@@ -43,6 +43,7 @@ from .dataset import load_dataset
 from .io import atomic_write, atomic_write_text, read_sequence
 from .model import CRNN, CRNNConfig, downsample, load_checkpoint, save_checkpoint
 from .physics import resolve_device
+from .plots import DRAW_LOCK
 
 
 class TrainingError(ValueError):
@@ -309,7 +310,8 @@ def _write_logs(out: Path, history: list[dict]) -> None:
     ax.axvline(best, color="0.6", lw=0.8, label=f"best.pt (epoch {best})")
     ax.set(xlabel="epoch", ylabel="voxel-wise MSE")
     ax.legend()
-    atomic_write(out / "loss.png", lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    with DRAW_LOCK:
+        atomic_write(out / "loss.png", lambda tmp: fig.savefig(tmp, format="png", dpi=80))
 
 
 # --------------------------------------------------------------------------- training

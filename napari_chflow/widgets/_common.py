@@ -28,6 +28,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_chflow.plots import DRAW_LOCK
+
 DEVICES = ("cpu", "cuda")
 ISO = {"rendering": "iso", "iso_threshold": 0.5}
 _HUBS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -271,8 +273,9 @@ def _render_loop(state: _RenderState) -> None:
             dpi = 100.0 * ratio
             state.figure.set_dpi(dpi)
             state.figure.set_size_inches(width / dpi, height / dpi, forward=False)
-            state.draw(payload)
-            canvas.draw()
+            with DRAW_LOCK:
+                state.draw(payload)
+                canvas.draw()
             result = (serial, np.asarray(canvas.buffer_rgba()).copy(), ratio)
         except Exception as exc:  # noqa: BLE001 - any failure is re-raised on the GUI thread
             result = (serial, exc, ratio)
