@@ -67,7 +67,10 @@ def _validate_phi(phi: np.ndarray | torch.Tensor) -> None:
 def _as_tensor(phi, dtype=None, device=None) -> torch.Tensor:
     if isinstance(phi, torch.Tensor):
         return phi.to(device=device or phi.device, dtype=dtype or phi.dtype)
-    return torch.as_tensor(np.asarray(phi), dtype=dtype or torch.float64, device=device)
+    arr = np.asarray(phi)
+    if not arr.flags.writeable:  # e.g. np.broadcast_to: torch would warn about sharing it
+        arr = arr.copy()
+    return torch.as_tensor(arr, dtype=dtype or torch.float64, device=device)
 
 
 # --------------------------------------------------------------------------- the stencil
@@ -226,10 +229,19 @@ def inverse_rfftn(shape, device=None, dtype=torch.float32) -> Callable[..., torc
                      + (half - torch.arange(half))[None, None, :]).to(device)
     partner = torch.empty((z, y, half), dtype=complex_dtype, device=device)
 
+    def gather(hat: torch.Tensor) -> None:  # partner = hat[partner_index]
+        if complex_dtype == torch.complex64:  # one 8-byte mode = one float64: index_select beats take
+            flat = torch.view_as_real(hat.contiguous()).view(torch.float64).view(-1)
+            torch.index_select(flat, 0, partner_index.view(-1),
+                               out=torch.view_as_real(partner).view(torch.float64).view(-1))
+        else:
+            torch.take(hat, partner_index, out=partner)
+
     def irfftn(hat: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         # even/odd samples: E = (H[k] + conj H[-k'])/2, O = (H[k] - conj H[-k'])/2 e^(2 pi i k/X),
         # with -k' = (-kz, -ky, X/2 - k); their packed spectrum E + i O is alpha H + beta conj H[-k']
-        torch.conj_physical(torch.take(hat, partner_index, out=partner), out=partner)
+        gather(hat)
+        torch.conj_physical(partner, out=partner)
         packed = torch.mul(hat[..., :half], alpha).addcmul_(partner, beta)
         if out is None:
             return torch.view_as_real(torch.fft.ifftn(packed)).reshape(shape)
@@ -268,22 +280,21 @@ def _spectral_stepper(phi: torch.Tensor, run: _Run):
         u = max(float(hi) - 0.5, 0.5 - float(lo))  # g'' largest farthest from 1/2
         return min(c * (1 - 6 * (0.5 + u) + 6 * (0.5 + u) ** 2), c / 2)
 
-    def bulk_fft(out: torch.Tensor) -> torch.Tensor:
-        """P = FFT(u^3 - u/4) = FFT(g'(phi)) / 2c into ``out``."""
+    def bulk_fft() -> torch.Tensor:
+        """P = FFT(u^3 - u/4) = FFT(g'(phi)) / 2c, a new tensor (``out=`` would add a copy)."""
         torch.sub(phi, 0.5, out=u)
         torch.pow(u, 3, out=bulk).sub_(u, alpha=0.25)
-        return torch.fft.rfftn(bulk, out=out)
+        return torch.fft.rfftn(bulk)
 
     def inverse() -> None:
         irfftn(st["hat"], out=phi)
 
     hat = torch.fft.rfftn(phi)
-    st = {"hat": hat, "hat_prev": torch.empty_like(hat), "p": torch.empty_like(hat),
-          "p_prev": torch.empty_like(hat), "started": False}
+    st = {"hat": hat, "hat_prev": torch.empty_like(hat), "p_prev": None, "started": False}
 
     def euler(h: float) -> None:  # (1 + h MK(eps K + S)) hat' = (1 + h MK S) hat - h MK G
         s = stabiliser()
-        p = bulk_fft(st["p"])
+        p = bulk_fft()
         den = 1.0 + h * (mk_lin + s * mk)
         new = re(st["hat"]).mul_(((1.0 + h * s * mk) / den).unsqueeze(-1))
         new.addcmul_(re(p), (-2.0 * c * h * mk / den).unsqueeze(-1))
@@ -305,19 +316,19 @@ def _spectral_stepper(phi: torch.Tensor, run: _Run):
     def step() -> None:
         if not st["started"]:
             st["hat_prev"].copy_(st["hat"])
-            bulk_fft(st["p_prev"])
+            st["p_prev"] = bulk_fft()
             for _ in range(4):
                 euler(dt / 4)
             st["started"] = True
             return
         s = stabiliser()
-        hat, hat_prev, p, p_prev = st["hat"], st["hat_prev"], st["p"], st["p_prev"]
-        bulk_fft(p)
+        hat, hat_prev, p_prev = st["hat"], st["hat_prev"], st["p_prev"]
+        p = bulk_fft()
         # (3 + 2dt MK(eps K + S)) hat' = 4 hat - hat_prev - 2dt MK (2G - G_prev - S (2 hat - hat_prev))
         q, a, b = coefficients(s)
         new = re(p_prev).add_(re(p), alpha=-2.0).mul_(q)
         new.addcmul_(re(hat), a).addcmul_(re(hat_prev), b)
-        st.update(hat=p_prev, hat_prev=hat, p=hat_prev, p_prev=p)
+        st.update(hat=p_prev, hat_prev=hat, p_prev=p)
         inverse()
 
     return step
