@@ -229,12 +229,15 @@ def inverse_rfftn(shape, device=None, dtype=torch.float32) -> Callable[..., torc
                      + (half - torch.arange(half))[None, None, :]).to(device)
     partner = torch.empty((z, y, half), dtype=complex_dtype, device=device)
 
-    def gather(hat: torch.Tensor) -> None:  # partner = hat[partner_index]
-        if complex_dtype == torch.complex64:  # one 8-byte mode = one float64: index_select beats take
+    if complex_dtype == torch.complex64:  # one 8-byte mode = one float64: index_select beats take
+        flat_index = partner_index.view(-1)
+        partner_flat = torch.view_as_real(partner).view(torch.float64).view(-1)
+
+        def gather(hat: torch.Tensor) -> None:  # partner = hat[partner_index]
             flat = torch.view_as_real(hat.contiguous()).view(torch.float64).view(-1)
-            torch.index_select(flat, 0, partner_index.view(-1),
-                               out=torch.view_as_real(partner).view(torch.float64).view(-1))
-        else:
+            torch.index_select(flat, 0, flat_index, out=partner_flat)
+    else:
+        def gather(hat: torch.Tensor) -> None:  # partner = hat[partner_index]
             torch.take(hat, partner_index, out=partner)
 
     def irfftn(hat: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
