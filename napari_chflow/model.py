@@ -17,8 +17,8 @@ with a fixed (non-trainable) periodic central-difference divergence, so ``sum(ph
 exactly (to round-off). The default model has 28,970 trainable parameters (paper: ~2.9e4).
 
 The model works on any grid ``(Z, Y, X)``; it runs on the training data downscaled x1/``downscale``
-by nearest sampling (:func:`downsample`), and :func:`rollout` does that mapping for full-resolution
-inputs. Units: one model step is ``tau`` (0.5 time units), lengths in grid units of the full grid.
+(:func:`downsample`: nearest sampling as in the paper, or the mean over each ``downscale^3`` block,
+``ModelInfo.coarse``), and :func:`rollout` does that mapping for full-resolution inputs. Units: one model step is ``tau`` (0.5 time units), lengths in grid units of the full grid.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from .physics import EPS, MOBILITY, TAU, resolve_device
 FORMAT = "napari-chflow-crnn"
 FORMAT_VERSION = 1
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+COARSE_MODES = ("nearest", "mean")
 
 
 class CheckpointError(ValueError):
@@ -78,7 +79,9 @@ class CRNNConfig:
 @dataclass(frozen=True)
 class ModelInfo:
     """What a model is: architecture, physics it was trained on (``tau`` between frames, ``eps``,
-    ``mobility``), grid ``downscale`` factor, training recipe and data description."""
+    ``mobility``), grid ``downscale`` factor and how the full grid maps to it (``coarse``:
+    "nearest" sampling as in the paper, or the block "mean"), training recipe and data
+    description."""
 
     config: CRNNConfig
     tau: float = TAU
@@ -89,6 +92,7 @@ class ModelInfo:
     data: dict = field(default_factory=dict)
     version: str = __version__
     param_count: int = 0
+    coarse: str = "nearest"
 
 
 # --------------------------------------------------------------------------- network
@@ -196,10 +200,13 @@ class CRNN(nn.Module):
 
     def __init__(self, config: CRNNConfig = CRNNConfig(), *, tau: float = TAU, eps: float = EPS,
                  mobility: float = MOBILITY, downscale: int = 2, recipe: dict | None = None,
-                 data: dict | None = None, version: str = __version__):
+                 data: dict | None = None, version: str = __version__, coarse: str = "nearest"):
         super().__init__()
         if int(downscale) != downscale or downscale < 1:
             raise ValueError(f"downscale must be a positive integer, got {downscale!r}")
+        if coarse not in COARSE_MODES:
+            raise ValueError(f"unknown coarse grid mapping {coarse!r}: use one of "
+                             f"{', '.join(COARSE_MODES)}")
         h = config.hidden
         self.cells = nn.ModuleList(
             _ConvGRUCell(1 if i == 0 else h, config) for i in range(config.n_layers)
@@ -208,7 +215,8 @@ class CRNN(nn.Module):
         self.to_flux = _mapping(h, h, config, c_final=3, bias=False)
         n_params = sum(p.numel() for p in self.parameters() if p.requires_grad)
         self.info = ModelInfo(config, float(tau), float(eps), float(mobility), int(downscale),
-                              dict(recipe or {}), dict(data or {}), str(version), n_params)
+                              dict(recipe or {}), dict(data or {}), str(version), n_params,
+                              coarse)
         self.extra: dict = {}
 
     @property
@@ -249,7 +257,8 @@ class CRNN(nn.Module):
 
     def forward(self, phi_in: torch.Tensor, n_steps: int = 0,
                 hidden: list[torch.Tensor] | None = None,
-                autocast: str | None = None, input_noise: float = 0.0) -> torch.Tensor:
+                autocast: str | None = None, input_noise: float = 0.0,
+                detach_every: int = 0) -> torch.Tensor:
         """Teacher forcing on the given frames, then free running.
 
         ``phi_in`` ``(B, T_in, Z, Y, X)`` holds frames ``0..T_in-1``. Returns the predictions of
@@ -261,6 +270,9 @@ class CRNN(nn.Module):
 
         ``input_noise`` (training only): std of Gaussian noise, spatial mean removed so mass is
         unchanged, added to every step's input phi; the model learns to damp perturbations.
+        ``detach_every = k > 0`` (training only): truncated backpropagation through time, the
+        input phi and the hidden state are cut from the graph before every k-th step, so a long
+        free-running rollout gets gradients only through the last ``< k`` steps of each frame.
         """
         if phi_in.ndim != 5:
             raise ValueError(f"phi_in must be (B, T, Z, Y, X), got shape {tuple(phi_in.shape)}: "
@@ -272,6 +284,9 @@ class CRNN(nn.Module):
         out: list[torch.Tensor] = []
         for t in range(t_in - 1 + n_steps):
             phi = phi_in[:, t] if t < t_in else out[-1]
+            if detach_every > 0 and t > 0 and t % detach_every == 0:
+                phi = phi.detach()
+                hidden = [h.detach() for h in hidden]
             if input_noise:
                 noise = torch.randn_like(phi) * input_noise
                 phi = phi + (noise - noise.mean(dim=(-3, -2, -1), keepdim=True))
@@ -283,18 +298,35 @@ class CRNN(nn.Module):
 # --------------------------------------------------------------------------- grid mapping
 
 
-def downsample(phi, factor: int):
-    """Nearest downscale of the last three axes: exactly ``phi[..., ::f, ::f, ::f]`` (keeps voxel
-    0 and every f-th one). Numpy in -> contiguous numpy out, torch in -> torch out. Each of the
-    last three axes must be a multiple of ``factor`` (so the coarse grid stays periodic)."""
+def downsample(phi, factor: int, mode: str = "nearest"):
+    """Downscale the last three axes by ``factor``: ``mode="nearest"`` keeps voxel 0 and every
+    f-th one (exactly ``phi[..., ::f, ::f, ::f]``, the paper's mapping); ``"mean"`` averages each
+    ``f^3`` block (sub-cell interface positions survive as intermediate values). Numpy in ->
+    contiguous numpy out, torch in -> torch out. Each of the last three axes must be a multiple
+    of ``factor`` (so the coarse grid stays periodic)."""
     f = int(factor)
     if f != factor or f < 1:
         raise ValueError(f"downscale factor must be a positive integer, got {factor!r}")
+    if mode not in COARSE_MODES:
+        raise ValueError(f"unknown coarse grid mapping {mode!r}: use one of {', '.join(COARSE_MODES)}")
     if any(n % f for n in phi.shape[-3:]):
         raise ValueError(f"grid {tuple(phi.shape[-3:])} is not a multiple of the downscale factor "
                          f"{f}: crop or pad each axis to a multiple of {f}")
+    if mode == "mean" and f > 1:
+        lead, (z, y, x) = phi.shape[:-3], phi.shape[-3:]
+        blocks = phi.reshape(*lead, z // f, f, y // f, f, x // f, f)
+        axes = tuple(len(lead) + a for a in (1, 3, 5))
+        if isinstance(phi, torch.Tensor):
+            return blocks.mean(dim=axes)
+        return np.ascontiguousarray(blocks.mean(axis=axes, dtype=np.float64).astype(phi.dtype))
     out = phi[..., ::f, ::f, ::f]
     return out.contiguous() if isinstance(out, torch.Tensor) else np.ascontiguousarray(out)
+
+
+def to_model_grid(phi, info: ModelInfo):
+    """``phi`` ``(..., Z, Y, X)`` on the full grid -> the model's grid (x1/``info.downscale``,
+    mapped by ``info.coarse``); the one mapping every comparison with a CRNN uses."""
+    return downsample(phi, info.downscale, info.coarse)
 
 
 def upsample(frames, factor: int):
@@ -329,8 +361,8 @@ def iter_rollout(model: CRNN, phi0, n_tau: int, warmup=None, device=None, upsamp
                  autocast: str | None = None) -> Iterator[np.ndarray]:
     """Yield ``n_tau + 1`` frames ``(Z, Y, X) float32`` spaced by ``model.info.tau``.
 
-    ``phi0`` ``(Z, Y, X)`` is at full resolution; it is downsampled by ``model.info.downscale``
-    (:func:`downsample`) and frame 0 is that downsampled IC, then one prediction per ``tau``.
+    ``phi0`` ``(Z, Y, X)`` is at full resolution; it is mapped to the model grid
+    (:func:`to_model_grid`) and frame 0 is that downsampled IC, then one prediction per ``tau``.
     Frames are on the model grid, or with ``upsample=True`` repeated back to ``phi0``'s grid.
     ``warmup`` ``(W, Z, Y, X)``: the full-resolution frames *preceding* ``phi0`` (e.g.
     ``warmup=seq[:k]``, ``phi0=seq[k]``), fed with teacher forcing to build the hidden state.
@@ -343,14 +375,14 @@ def iter_rollout(model: CRNN, phi0, n_tau: int, warmup=None, device=None, upsamp
     if int(n_tau) != n_tau or n_tau < 0:
         raise ValueError(f"n_tau must be a non-negative integer, got {n_tau!r}")
     f = model.info.downscale
-    start = downsample(phi0, f)
+    start = to_model_grid(phi0, model.info)
     warm = None
     if warmup is not None:
         warm = _as_volumes(warmup, "warmup", 4)
         if warm.shape[1:] != phi0.shape:
             raise ValueError(f"warmup frames {warm.shape[1:]} differ from phi0 {phi0.shape}: "
                              "pass frames of the same sequence")
-        warm = downsample(warm, f)
+        warm = to_model_grid(warm, model.info)
     if autocast is not None and autocast not in AUTOCAST:
         raise ValueError(f"unknown autocast {autocast!r}: use None, 'bf16' or 'fp16'")
     if device is not None:
@@ -447,6 +479,7 @@ def checkpoint_payload(model: CRNN, *, recipe: dict, data: dict, extra: dict | N
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__,
             "config": asdict(info.config), "tau": info.tau, "eps": info.eps,
             "mobility": info.mobility, "downscale": info.downscale, "param_count": info.param_count,
+            "coarse": info.coarse,
             "recipe": _safe(dict(recipe), "recipe"), "data": _safe(dict(data), "data"),
             "extra": _safe(dict(extra or {}), "extra"), "sha256": _digest(state),
             "state_dict": state}
@@ -481,7 +514,7 @@ def model_from_payload(payload, source: str = "checkpoint") -> CRNN:
         config = CRNNConfig(**payload["config"])
         model = CRNN(config, tau=payload["tau"], eps=payload["eps"], mobility=payload["mobility"],
                      downscale=payload["downscale"], recipe=payload["recipe"], data=payload["data"],
-                     version=payload["version"])
+                     version=payload["version"], coarse=payload.get("coarse", "nearest"))
         model.load_state_dict(state, strict=True)
     except (TypeError, ValueError, RuntimeError) as e:
         detail = str(e).strip().splitlines()[0][:300]

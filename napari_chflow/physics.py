@@ -132,6 +132,19 @@ def grad_sq(phi: torch.Tensor) -> torch.Tensor:
     return sum((torch.roll(phi, -1, dims=d) - phi) ** 2 for d in (-3, -2, -1))
 
 
+def free_energy_parts(phi: torch.Tensor, eps: float = EPS, spacing: float = 1.0) -> torch.Tensor:
+    """Bulk and gradient free-energy densities (per unit volume) of ``phi`` ``(..., Z, Y, X)``:
+    ``(..., 2)`` in ``phi``'s dtype, differentiable (training losses use it).
+
+    ``[..., 0] = mean g(phi)``, ``[..., 1] = mean eps/2 |grad phi|^2`` with forward differences
+    and voxel size ``spacing`` (grid units). For the equilibrium tanh interface the two are equal
+    (equipartition); their sum is F/V.
+    """
+    bulk = (18.0 / eps) * (phi * (1 - phi)) ** 2
+    grad = (0.5 * eps / spacing**2) * grad_sq(phi)
+    return torch.stack([bulk.mean(dim=(-3, -2, -1)), grad.mean(dim=(-3, -2, -1))], -1)
+
+
 def free_energy(phi, eps: float = EPS, spacing: float = 1.0) -> float:
     """F = sum over voxels of [g(phi) + eps/2 |grad phi|^2] * spacing^3, float64.
 
@@ -139,8 +152,8 @@ def free_energy(phi, eps: float = EPS, spacing: float = 1.0) -> float:
     solvers' grid, 2 for the CRNN's x1/2 grid), so coarse and fine grids measure the same F.
     """
     t = _as_tensor(phi).to(torch.float64)
-    bulk = (18.0 / eps) * (t * (1 - t)) ** 2
-    return float((bulk + (0.5 * eps / spacing**2) * grad_sq(t)).sum()) * spacing**3
+    n = int(np.prod(t.shape[-3:]))
+    return float(free_energy_parts(t, eps, spacing).sum()) * n * spacing**3
 
 
 def free_energy_density(phi, eps: float = EPS, spacing: float = 1.0) -> float:

@@ -41,8 +41,8 @@ import torch.distributed as dist
 
 from .dataset import load_dataset
 from .io import atomic_write, atomic_write_text, read_sequence
-from .model import CRNN, CRNNConfig, downsample, load_checkpoint, save_checkpoint
-from .physics import resolve_device
+from .model import COARSE_MODES, CRNN, CRNNConfig, downsample, load_checkpoint, save_checkpoint
+from .physics import EPS, free_energy_parts, resolve_device
 from .plots import DRAW_LOCK
 
 
@@ -107,7 +107,14 @@ class TrainConfig:
     ``lr`` at the first epoch down to ``lr / 20`` at the last); ``init``: a checkpoint whose
     weights start the run (fine-tuning; same architecture, downscale and physics), None =
     random weights; ``input_noise``: std of the zero-mean noise added to every model input
-    while training (not in the paper; teaches the model to damp perturbations), 0 = off."""
+    while training (not in the paper; teaches the model to damp perturbations), 0 = off;
+    ``coarse``: how full-grid data maps to the model grid ("nearest" as in the paper, or the
+    block "mean"). Not in the paper, for long-horizon fidelity (see :func:`loss_terms`):
+    ``window``: each epoch every sequence contributes one window of ``window`` consecutive frames
+    at a random start (None = the whole sequence), so long late-time sequences are sampled
+    uniformly in time; ``bptt``: truncate backpropagation every ``bptt`` steps (0 = off);
+    ``energy_weight``, ``split_weight``, ``descent_weight``: weights of the free-energy terms
+    added to the voxel-wise MSE."""
 
     epochs: int = 100
     lr: float = 1e-3
@@ -123,6 +130,12 @@ class TrainConfig:
     lr_schedule: str = "constant"
     init: str | None = None
     input_noise: float = 0.0
+    coarse: str = "nearest"
+    window: int | None = None
+    bptt: int = 0
+    energy_weight: float = 0.0
+    split_weight: float = 0.0
+    descent_weight: float = 0.0
     model: CRNNConfig = CRNNConfig()
 
 
@@ -187,13 +200,15 @@ def best_epoch_number(recipe: dict) -> int | str:
 # --------------------------------------------------------------------------- data and loss
 
 
-def load_sequences(paths: list, downscale: int = 2, frames: int | None = None) -> torch.Tensor:
-    """Read sequence stores into one ``(N, T, Z/d, Y/d, X/d) float32`` tensor (nearest downscale
-    by ``d = downscale``, first ``frames`` frames); ``(0,)`` for no paths."""
+def load_sequences(paths: list, downscale: int = 2, frames: int | None = None,
+                   coarse: str = "nearest") -> torch.Tensor:
+    """Read sequence stores into one ``(N, T, Z/d, Y/d, X/d) float32`` tensor (downscaled by
+    ``d = downscale`` with :func:`napari_chflow.model.downsample` mode ``coarse``, first
+    ``frames`` frames); ``(0,)`` for no paths."""
     seqs = []
     for path in paths:
         phi = np.asarray(read_sequence(path)[0][:frames], dtype=np.float32)
-        seqs.append(torch.from_numpy(downsample(phi, downscale)))
+        seqs.append(torch.from_numpy(downsample(phi, downscale, coarse)))
     shapes = sorted({tuple(s.shape) for s in seqs})
     if len(shapes) > 1:
         raise TrainingError(f"dataset sequences differ in shape {shapes}: "
@@ -201,13 +216,87 @@ def load_sequences(paths: list, downscale: int = 2, frames: int | None = None) -
     return torch.stack(seqs) if seqs else torch.empty(0)
 
 
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the terms of the training loss (see :func:`loss_terms`); ``spacing`` is the
+    model grid's voxel size (the downscale factor) and ``eps`` the interface parameter, both in
+    grid units of the full grid."""
+
+    energy: float = 0.0
+    split: float = 0.0
+    descent: float = 0.0
+    spacing: float = 2.0
+    eps: float = EPS
+
+
+def loss_terms(pred: torch.Tensor, seq: torch.Tensor, spacing: float = 2.0,
+               eps: float = EPS) -> dict[str, torch.Tensor]:
+    """Per-sample loss terms ``(B,)`` of predicted frames ``pred`` ``(B, T-1, Z, Y, X)`` against
+    the sequence ``seq`` ``(B, T, Z, Y, X)`` (frame 0 the input): all are 0 on the ground truth.
+
+    - ``mse``: voxel-wise mean squared error of phi (the paper's loss).
+    - ``energy``: mean over frames of the squared relative error of F/V (position-blind: it sees
+      the slow late-time decay of F that the MSE barely feels).
+    - ``split``: mean squared error of ``(bulk - gradient) / (bulk + gradient)`` energy, which is
+      ~0 for equilibrium interfaces (equipartition); broadened interfaces and phases drifting
+      off the wells move it.
+    - ``descent``: mean over steps of ``relu(dF_pred/F_pred - dF/F)`` (relative change of F per
+      step): zero while the prediction's F falls at least as fast as the truth's; penalises a
+      stalled or rising free energy.
+    """
+    parts = free_energy_parts(torch.cat([seq[:, :1], pred], 1), eps, spacing)  # (B, T, 2)
+    true = free_energy_parts(seq, eps, spacing)
+    f, f_true = parts.sum(-1), true.sum(-1)
+    split = (parts[..., 0] - parts[..., 1]) / f
+    split_true = (true[..., 0] - true[..., 1]) / f_true
+    rel = (f[:, 1:] - f[:, :-1]) / f[:, :-1]
+    rel_true = (f_true[:, 1:] - f_true[:, :-1]) / f_true[:, :-1]
+    dims = tuple(range(1, seq.ndim))
+    return {
+        "mse": ((pred - seq[:, 1:]) ** 2).mean(dim=dims),
+        "energy": ((f[:, 1:] / f_true[:, 1:] - 1) ** 2).mean(1),
+        "split": ((split[:, 1:] - split_true[:, 1:]) ** 2).mean(1),
+        "descent": torch.relu(rel - rel_true).mean(1),
+    }
+
+
 def sample_losses(model: torch.nn.Module, seq: torch.Tensor, n_gen: int,
-                  input_noise: float = 0.0) -> torch.Tensor:
-    """Voxel-wise MSE per sample ``(B,)`` over frames ``1..T-1`` of ``seq`` ``(B, T, Z, Y, X)``:
+                  input_noise: float = 0.0, weights: LossWeights | None = None,
+                  bptt: int = 0) -> torch.Tensor:
+    """Training loss per sample ``(B,)`` over frames ``1..T-1`` of ``seq`` ``(B, T, Z, Y, X)``:
     teacher forcing on the first ``T - n_gen`` frames, then ``n_gen`` generated ones (inputs
-    perturbed by ``input_noise``, targets clean)."""
-    pred = model(seq[:, : seq.shape[1] - n_gen], n_gen, input_noise=input_noise)
-    return ((pred - seq[:, 1:]) ** 2).mean(dim=tuple(range(1, seq.ndim)))
+    perturbed by ``input_noise``, targets clean; backpropagation truncated every ``bptt``
+    steps). The voxel-wise MSE plus the weighted free-energy terms of :func:`loss_terms`."""
+    pred = model(seq[:, : seq.shape[1] - n_gen], n_gen, input_noise=input_noise,
+                 detach_every=bptt)
+    if weights is None or not (weights.energy or weights.split or weights.descent):
+        return ((pred - seq[:, 1:]) ** 2).mean(dim=tuple(range(1, seq.ndim)))
+    terms = loss_terms(pred, seq, weights.spacing, weights.eps)
+    return (terms["mse"] + weights.energy * terms["energy"] + weights.split * terms["split"]
+            + weights.descent * terms["descent"])
+
+
+def loss_weights(config: "TrainConfig", eps: float = EPS) -> LossWeights:
+    """The :class:`LossWeights` of a training recipe."""
+    return LossWeights(config.energy_weight, config.split_weight, config.descent_weight,
+                       float(config.downscale), float(eps))
+
+
+def split_windows(seqs: torch.Tensor, window: int) -> torch.Tensor:
+    """Cut ``(N, T, Z, Y, X)`` into the ``(N * (T // window), window, Z, Y, X)`` consecutive
+    non-overlapping windows (a leftover tail shorter than ``window`` is dropped)."""
+    n, t = seqs.shape[:2]
+    k = t // window
+    return seqs[:, : k * window].reshape(n * k, window, *seqs.shape[2:])
+
+
+def window_starts(config: "TrainConfig", epoch: int, n: int, n_frames: int) -> np.ndarray:
+    """First frame of each sample's window ``(n,) int`` at ``epoch``: uniform in
+    ``0..n_frames - window`` (all 0 without ``window``), a function of (seed, epoch) only."""
+    if not config.window or config.window >= n_frames:
+        return np.zeros(n, dtype=int)
+    rng = np.random.default_rng([config.seed, epoch, 0x57494E])  # "WIN"
+    return rng.integers(0, n_frames - config.window + 1, size=n)
 
 
 def _epoch_plan(config: TrainConfig, epoch: int, n: int, allowed: list[int]):
@@ -283,6 +372,13 @@ def _check(config: TrainConfig, stored: TrainConfig | None, n_train: int, n_val:
         (config.batch_size < 1, f"batch_size={config.batch_size}: use batch_size >= 1"),
         (config.lr <= 0, f"lr={config.lr}: use a positive learning rate"),
         (config.input_noise < 0, f"input_noise={config.input_noise}: use a std >= 0 (--input-noise)"),
+        (config.coarse not in COARSE_MODES, f"coarse={config.coarse!r}: use one of "
+         f"{', '.join(COARSE_MODES)} (--coarse)"),
+        (config.window is not None and not 2 <= config.window <= max(n_frames, 2),
+         f"window={config.window}: use 2 <= window <= {n_frames}, the sequence length (--window)"),
+        (config.bptt < 0, f"bptt={config.bptt}: use 0 (off) or a positive step count (--bptt)"),
+        (min(config.energy_weight, config.split_weight, config.descent_weight) < 0,
+         "loss weights must be >= 0: check --energy-weight, --split-weight, --descent-weight"),
         (config.lr_schedule not in LR_SCHEDULES, f"lr_schedule={config.lr_schedule!r}: use one "
          f"of {', '.join(LR_SCHEDULES)}"),
         (n_train == 0 or n_val == 0, f"the dataset has {n_train} training and {n_val} validation "
@@ -335,21 +431,25 @@ def _initial_weights(model: CRNN, init: str | None) -> dict | None:
 
 
 @torch.no_grad()
-def _validate(model, val: torch.Tensor, n_gen: int, batch_size: int, ranks: _Ranks) -> float:
-    """Mean per-sample MSE over the validation set (each rank evaluates a shard)."""
+def _validate(model, val: torch.Tensor, n_gen: int, batch_size: int, ranks: _Ranks,
+              weights: LossWeights | None = None) -> float:
+    """Mean per-sample loss over the validation set (each rank evaluates a shard)."""
     model.eval()
     mine = list(range(ranks.rank, len(val), ranks.world))
     total = 0.0
     for i in range(0, len(mine), batch_size):
         batch = val[mine[i : i + batch_size]].to(ranks.device)
-        total += float(sample_losses(model, batch, n_gen).sum())
+        total += float(sample_losses(model, batch, n_gen, weights=weights).sum())
     return ranks.sum([total])[0] / len(val)
 
 
 def _train_epoch(net, optimizer, data: torch.Tensor, config: TrainConfig, epoch: int, n_gen: int,
-                 allowed: list[int], ranks: _Ranks, on_batch, should_stop) -> float | None:
+                 allowed: list[int], ranks: _Ranks, on_batch, should_stop,
+                 weights: LossWeights) -> float | None:
     """One epoch of Adam steps; returns the summed per-sample loss, or None if stopped."""
     order, syms = _epoch_plan(config, epoch, len(data), allowed)
+    starts = window_starts(config, epoch, len(data), data.shape[1])
+    length = min(config.window or data.shape[1], data.shape[1])
     size, n_batches = config.batch_size, math.ceil(len(data) / config.batch_size)
     net.train()
     loss_sum = 0.0
@@ -360,8 +460,9 @@ def _train_epoch(net, optimizer, data: torch.Tensor, config: TrainConfig, epoch:
         mine = positions[ranks.rank :: ranks.world]
         weight = len(mine) * ranks.world / len(positions)  # DDP's gradient average = global mean
         mine = mine or positions[:1]  # an idle rank still joins the all-reduce, with weight 0
-        batch = torch.stack([augment(data[order[p]], int(syms[p])) for p in mine]).to(ranks.device)
-        losses = sample_losses(net, batch, n_gen, config.input_noise)
+        batch = torch.stack([augment(data[order[p], starts[p] : starts[p] + length], int(syms[p]))
+                             for p in mine]).to(ranks.device)
+        losses = sample_losses(net, batch, n_gen, config.input_noise, weights, config.bptt)
         if not bool(torch.isfinite(losses).all()):
             raise TrainingError(f"training diverged (non-finite loss) in epoch {epoch + 1}: lower "
                                 "--lr or --grad-clip and resume; last.pt holds the last good epoch")
@@ -409,15 +510,20 @@ def train(
     ranks, created = _setup_ranks(config.device)
     try:
         data = load_dataset(dataset_dir)
-        train_set = load_sequences(data.train, config.downscale, config.frames)
-        val_set = load_sequences(data.val, config.downscale, config.frames)
+        train_set = load_sequences(data.train, config.downscale, config.frames, config.coarse)
+        val_set = load_sequences(data.val, config.downscale, config.frames, config.coarse)
         n_frames = train_set.shape[1] if train_set.ndim == 5 else 0
         _check(config, stored, len(train_set), len(val_set), n_frames)
+        if config.window and config.window < n_frames:  # validate on consecutive windows
+            n_frames = config.window
+            val_set = split_windows(val_set, n_frames)
+        weights = loss_weights(config, data.config.eps)
         allowed = allowed_symmetries(train_set.shape)
 
         torch.manual_seed(config.seed)
         physics = {k: getattr(data.config, k) for k in ("tau", "eps", "mobility")}
-        model = CRNN(config.model, downscale=config.downscale, **physics).to(ranks.device)
+        model = CRNN(config.model, downscale=config.downscale, coarse=config.coarse,
+                     **physics).to(ranks.device)
         parent = _initial_weights(model, config.init) if state is None else state.get("parent")
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         history, wall, start = [], 0.0, 0
@@ -457,12 +563,13 @@ def train(
                       "train_loss": loss, "curriculum_length": n_gen})
 
             loss_sum = _train_epoch(net, optimizer, train_set, config, epoch, n_gen, allowed,
-                                    ranks, on_batch, should_stop)
+                                    ranks, on_batch, should_stop, weights)
             if loss_sum is None:
                 break
-            val_loss = val_full = _validate(model, val_set, n_gen, config.batch_size, ranks)
+            val_loss = val_full = _validate(model, val_set, n_gen, config.batch_size, ranks,
+                                            weights)
             if n_gen < full:
-                val_full = _validate(model, val_set, full, config.batch_size, ranks)
+                val_full = _validate(model, val_set, full, config.batch_size, ranks, weights)
             seconds = time.perf_counter() - t0
             wall += seconds
             history.append({"epoch": epoch, "train_loss": loss_sum / len(train_set),
@@ -518,6 +625,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="start from this checkpoint's weights (fine-tune) instead of random ones")
     add("--input-noise", type=float,
         help=f"std of zero-mean noise added to model inputs in training (default {d.input_noise:g})")
+    add("--coarse", choices=COARSE_MODES,
+        help=f"full grid -> model grid: nearest sampling (the paper) or block mean "
+             f"(default {d.coarse})")
+    add("--window", type=int, help="train on one random window of N consecutive frames per "
+        "sequence and epoch (long late-time sequences; default: whole sequences)")
+    add("--bptt", type=int, help="truncate backpropagation through time every N steps (default: "
+        "off)")
+    add("--energy-weight", type=float, help="weight of the squared relative F/V error per frame "
+        f"(default {d.energy_weight:g})")
+    add("--split-weight", type=float, help="weight of the bulk/gradient energy split error "
+        f"(equilibrium interfaces: equipartition; default {d.split_weight:g})")
+    add("--descent-weight", type=float, help="weight of the penalty on F falling slower than the "
+        f"ground truth's, or rising (default {d.descent_weight:g})")
     add("--grad-clip", type=float, help=f"max gradient norm, 0 = off (default {d.grad_clip})")
     add("--seed", type=int, help=f"seed of weights, data order, augmentation (default {d.seed})")
     add("--device", help="cpu (default) or cuda")
