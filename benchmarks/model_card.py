@@ -26,7 +26,7 @@ from napari_chflow.metrics import interface_displacement, mass
 from napari_chflow.model import downsample, iter_rollout, load_checkpoint
 from napari_chflow.seeds import perlin, slab
 from napari_chflow.training import best_epoch_number
-from napari_chflow.validate import paired_run
+from napari_chflow.validation import paired_run
 
 HELD_OUT_SEEDS = (10_001, 10_002, 10_003, 10_004)
 CHECK_TAU = (10, 50, 100)

@@ -186,7 +186,7 @@ def _cmd_bench(args) -> None:
 
 
 def _cmd_validate(args) -> None:
-    from .validate import parse_overrides, preset, validate
+    from .validation import parse_overrides, preset, validate
 
     settings = {"device": args.device, "threads": args.threads, "bunny_path": args.bunny,
                 "memory": False if args.no_memory else None, **parse_overrides(args.set)}

@@ -13,7 +13,7 @@ import torch
 from napari_chflow import physics
 from napari_chflow.dataset import DatasetConfig, sequence_params
 from napari_chflow.model import CRNN, downsample, upsample
-from napari_chflow.validate import (
+from napari_chflow.validation import (
     MAX_PNG_BYTES,
     Check,
     TrainingSpec,
