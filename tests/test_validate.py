@@ -30,7 +30,7 @@ from napari_chflow.validation import (
 SECTIONS = ("## Summary", "## Where we fall short", "## 1. Time extrapolation",
             "## 2. Domain extrapolation", "## 3. Stanford bunny",
             "## 4. Coarsening and free-energy decay", "## 5. Ensemble of random initial conditions",
-            "## 6. Speed and memory", "## Reproduce")
+            "## 6. Speed and memory", "## 7. Long horizon", "## Reproduce")
 
 
 def test_check_flags_a_number_beyond_the_paper_and_says_by_how_much():
@@ -128,13 +128,14 @@ def test_tiny_report_has_every_section_small_figures_and_flags_an_untrained_mode
     for title in SECTIONS:
         assert title in text
     links = re.findall(r"!\[[^\]]*\]\((validation/[^)]+\.png)\)", text)
-    assert len(links) == 7
+    assert len(links) == 8
     for link in links:
         png = tmp_path / link
         assert png.is_file() and 0 < png.stat().st_size < MAX_PNG_BYTES
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     falls = text.split("## Where we fall short")[1].split("\n## ")[0]
     assert "4. coarsening: max relative F/V error" in falls  # untrained model is flagged
+    assert "7. long horizon (16^3, 40 tau): max relative F/V error" in falls
     assert "mass drift" not in falls  # the divergence layer conserves mass even untrained
     # the spectral ground truth stays close to the explicit solver
     m = re.search(r"stays within δ = ([0-9.e-]+) grid units", text)

@@ -8,14 +8,18 @@ Experiments (Lanzoni et al. 2024, sec. 3 and appendix A), each beside the paper'
 3. the Stanford bunny: ground truth vs CRNN isosurfaces and metric traces;
 4. coarsening: F/V vs t (log-log), fitted exponents, relative F/V error;
 5. an ensemble of random ICs: mean and std of F/V;
-6. speed and memory of the explicit solver, the spectral solver and the CRNN.
+6. speed and memory of the explicit solver, the spectral solver and the CRNN;
+7. long horizon (not a figure of the paper; its claim of thermodynamic consistency): F/V error,
+   the fraction of CRNN steps in which F/V rises, the coarsening exponent and the bulk/gradient
+   energy split over a long run from two held-out ICs, and an equilibrium slab at rest.
 
 Conventions. RMSE and interface displacement (paper eq. 4) are evaluated on the full-resolution
 grid with the CRNN frame upsampled (nearest), the stricter of the paper's two conventions (sec.
 3.3); the RMSE on the model grid (appendix B: ground truth downsampled) is given beside it. F/V is
-compared like for like on the model grid, both fields sampled every ``downscale`` voxels with
-grid spacing ``downscale`` (the CRNN's target is exactly the downsampled ground truth): a nearest
-upsampled CRNN frame has staircase interfaces whose gradient energy is far too large. Held-out
+compared like for like on the model grid, the ground truth mapped to it as the model maps its
+input (:func:`napari_chflow.model.to_model_grid`: nearest sampling or block mean) with grid
+spacing ``downscale`` (the CRNN's target is exactly the mapped ground truth): a nearest upsampled
+CRNN frame has staircase interfaces whose gradient energy is far too large. Held-out
 ICs come from the training recipe (:func:`napari_chflow.dataset.sequence_params`) with the
 training dataset seed + ``heldout_seed_offset`` and mean phi 0.5; their Perlin seeds are checked
 against the training ones. Times are in model units, lengths in grid units of the full grid.

@@ -17,7 +17,7 @@ class ValidationError(ValueError):
 
 @dataclass(frozen=True)
 class ValidationConfig:
-    """Sizes (grid points per side) and lengths (in tau) of the six experiments.
+    """Sizes (grid points per side) and lengths (in tau) of the seven experiments.
 
     ``size`` / ``train_n_tau`` None: the model's training box size and sequence length (from its
     checkpoint). ``long_solver`` is the ground truth of the long runs (1, 4, 5), ``short_solver``
@@ -45,6 +45,11 @@ class ValidationConfig:
     ensemble_n: int = 20
     ensemble_size: int | None = None
     ensemble_n_tau: int = 500
+    long_size: int = 64
+    long_n_tau: int = 1000
+    long_means: tuple[float, ...] = (0.5, 0.4)
+    rest_size: int = 32
+    rest_steps: int = 1000
     bench_sizes: tuple[int, ...] = (32, 64, 128)
     memory: bool = True
     n_record: int = 60
@@ -62,7 +67,10 @@ class ValidationConfig:
             (min(self.time_n_ics, self.domain_n_ics, self.ensemble_n) >= 1,
              "time_n_ics, domain_n_ics and ensemble_n must be >= 1"),
             (min(self.bunny_n_tau, self.coarsen_n_tau, self.ensemble_n_tau, self.domain_time_factor,
-                 self.domain_factor) >= 1, "run lengths and factors must be >= 1"),
+                 self.domain_factor, self.long_n_tau, self.rest_steps) >= 1,
+             "run lengths and factors must be >= 1"),
+            (len(self.long_means) >= 1 and all(0 < m < 1 for m in self.long_means),
+             "long_means must hold mean phi values in (0, 1)"),
             (len(self.bench_sizes) >= 1 and min(self.bench_sizes) >= 4,
              "bench_sizes must hold grid sizes >= 4"),
             (self.n_record >= 2, "n_record must be >= 2"),
@@ -77,7 +85,8 @@ PRESETS: dict[str, ValidationConfig] = {
     "tiny": ValidationConfig(
         scale="tiny", size=16, train_n_tau=2, time_n_ics=2, domain_n_ics=1, bunny_size=16,
         bunny_n_tau=4, coarsen_size=16, coarsen_n_tau=100, ensemble_n=3, ensemble_size=16,
-        ensemble_n_tau=20, bench_sizes=(8, 16), n_record=20),
+        ensemble_n_tau=20, long_size=16, long_n_tau=40, rest_size=16, rest_steps=20,
+        bench_sizes=(8, 16), n_record=20),
     # the shipped model (32^3 boxes, 40-tau sequences) on this 2-core CPU: 20 min in all with
     # coarsen_n_tau=1000 (measured, docs/validation.md), of which 128^3 coarsening 9 min (the CRNN
     # takes ~0.5 s per tau at 128^3); the default 3000 tau adds about 18 min. Spectral ground

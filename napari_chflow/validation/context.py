@@ -53,8 +53,9 @@ class Context:
         v = (self.model.info.recipe or {}).get("best_val_loss_full")
         return float(v) if isinstance(v, (int, float)) else float("nan")
 
-    def ics(self, n: int, size: int, start: int = 0) -> list[tuple[np.ndarray, dict]]:
-        return heldout_ics(self.spec, n, size, self.config.heldout_seed_offset, start)
+    def ics(self, n: int, size: int, start: int = 0,
+            mean: float = 0.5) -> list[tuple[np.ndarray, dict]]:
+        return heldout_ics(self.spec, n, size, self.config.heldout_seed_offset, start, mean)
 
     def fig(self, name: str) -> tuple[Path, str]:
         """``(path to write, link relative to the report)`` of figure ``name``."""

@@ -51,13 +51,13 @@ def training_spec(model) -> TrainingSpec:
 
 
 def heldout_ics(spec: TrainingSpec, n: int, size: int, offset: int = 10_000,
-                start: int = 0) -> list[tuple[np.ndarray, dict]]:
+                start: int = 0, mean: float = 0.5) -> list[tuple[np.ndarray, dict]]:
     """``n`` Perlin ICs ``(size, size, size) float32`` drawn by the training recipe with dataset
-    seed ``training seed + offset`` and mean phi 0.5, skipping any whose Perlin seed was used in
-    training. Returns ``(phi0, params)`` pairs; ``start`` shifts the recipe indices."""
+    seed ``training seed + offset`` and mean phi ``mean``, skipping any whose Perlin seed was used
+    in training. Returns ``(phi0, params)`` pairs; ``start`` shifts the recipe indices."""
     base = spec.dataset or DatasetConfig(n_seq=1)
     cfg = replace(base, n_seq=start + 4 * n + 16, size=int(size), seed=base.seed + offset,
-                  mean_phi=0.5, mean_phi_std=0.0, mean_phi_range=(0.25, 0.75), shapes_fraction=0.0)
+                  mean_phi=float(mean), mean_phi_std=0.0, mean_phi_range=(0.25, 0.75), shapes_fraction=0.0)
     out: list[tuple[np.ndarray, dict]] = []
     for i in range(start, cfg.n_seq):
         p = sequence_params(cfg, i)

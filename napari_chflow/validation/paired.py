@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import physics
 from ..metrics import coarsening_exponent, interface_displacement, mass, rmse
-from ..model import RolloutDiverged, downsample, iter_rollout, upsample
+from ..model import RolloutDiverged, iter_rollout, to_model_grid, upsample
 from ..physics import free_energy_density
 
 METRIC_KEYS = ("rmse", "delta", "delta_frozen", "rmse_model", "delta_model", "fv_gt", "fv_gt_model", "fv_crnn",
@@ -40,16 +40,17 @@ def _delta(phi: np.ndarray, ref: np.ndarray) -> float:
         return float("nan")
 
 
-def frame_metrics(gt: np.ndarray, crnn: np.ndarray, factor: int, eps: float, mass0: float,
+def frame_metrics(gt: np.ndarray, crnn: np.ndarray, info, mass0: float,
                   frozen: np.ndarray | None = None) -> dict:
-    """Metrics of one frame: ground truth ``gt`` on the full grid, ``crnn`` on the model grid
-    (x1/``factor``). ``rmse``/``delta`` on the full grid (CRNN upsampled), ``rmse_model`` and
+    """Metrics of one frame: ground truth ``gt`` on the full grid, ``crnn`` on the model grid of
+    the model described by ``info`` (:class:`napari_chflow.model.ModelInfo`). ``rmse``/``delta`` on the full grid (CRNN upsampled), ``rmse_model`` and
     ``delta_model`` on the model grid (GT downsampled; δ in model-grid units), F/V of the GT on
     both grids and of the CRNN on its grid (spacing ``factor``), the CRNN's relative mass drift
     from ``mass0``, :func:`overshoot` of both, and ``delta_frozen``: δ of the no-change
     predictor ``frozen`` (the upsampled model-grid IC), a baseline for ``delta``."""
+    factor, eps = info.downscale, info.eps
     up = upsample(crnn, factor)
-    gt_c = downsample(gt, factor)
+    gt_c = to_model_grid(gt, info)
     return {"rmse": rmse(up, gt), "delta": _delta(up, gt),
             "delta_frozen": _delta(frozen, gt) if frozen is not None else float("nan"),
             "rmse_model": rmse(crnn, gt_c), "delta_model": _delta(crnn, gt_c),
@@ -85,7 +86,7 @@ def paired_run(model, phi0: np.ndarray, n_tau: int, frames: np.ndarray, solver: 
             if mass0 is None:
                 mass0, frozen = mass(crnn), upsample(crnn, f)
             if k in want:
-                for key, value in frame_metrics(gt, crnn, f, info.eps, mass0, frozen).items():
+                for key, value in frame_metrics(gt, crnn, info, mass0, frozen).items():
                     trace[key][pos[k]] = value
             if k in keep:
                 snaps[k] = (gt, crnn)

@@ -1,4 +1,4 @@
-"""The report: run the six experiments (:data:`EXPERIMENTS`) and write ``validation.md`` with a
+"""The report: run the seven experiments (:data:`EXPERIMENTS`) and write ``validation.md`` with a
 header (date, command, hardware, model, training data and recipe), the summary of the checks,
 the shortfalls and one section per experiment."""
 
@@ -27,11 +27,13 @@ from .context import Context, Section
 from .domain_extrapolation import domain_extrapolation
 from .ensemble import ensemble
 from .heldout import TrainingSpec, training_spec
+from .long_horizon import long_horizon
 from .speed import speed_memory
 from .time_extrapolation import time_extrapolation
 
 EXPERIMENTS: tuple[Callable[[Context], Section], ...] = (
-    time_extrapolation, domain_extrapolation, bunny, coarsening, ensemble, speed_memory)
+    time_extrapolation, domain_extrapolation, bunny, coarsening, ensemble, speed_memory,
+    long_horizon)
 
 
 def environment(device=None) -> dict[str, str]:
@@ -122,7 +124,7 @@ def render_report(sections: Sequence[Section], header: dict[str, str], command: 
 
 def validate(model, config: ValidationConfig | None = None, out_dir: str | Path = "docs",
              command: str | None = None, model_source: str = "", progress: bool = True) -> Path:
-    """Run the six experiments with ``model`` and write ``out_dir/validation.md`` and its figures
+    """Run the seven experiments with ``model`` and write ``out_dir/validation.md`` and its figures
     ``out_dir/validation/*.png``. Returns the report path."""
     config = config or PRESETS["cpu"]
     physics.resolve_device(config.device)
