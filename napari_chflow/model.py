@@ -38,12 +38,22 @@ from torch import nn
 
 from . import __version__
 from .io import atomic_write
-from .physics import EPS, MOBILITY, TAU, resolve_device
+from .physics import (
+    EPS,
+    MOBILITY,
+    TAU,
+    explicit_dt_limit,
+    free_energy_parts,
+    gradient_flow_step,
+    resolve_device,
+)
 
 FORMAT = "napari-chflow-crnn"
 FORMAT_VERSION = 1
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 COARSE_MODES = ("nearest", "mean")
+GUARD_DT_FRACTION = 0.6
+"""Default energy-guard step as a fraction of the explicit stability bound on the model grid."""
 
 
 class CheckpointError(ValueError):
@@ -81,7 +91,8 @@ class ModelInfo:
     """What a model is: architecture, physics it was trained on (``tau`` between frames, ``eps``,
     ``mobility``), grid ``downscale`` factor and how the full grid maps to it (``coarse``:
     "nearest" sampling as in the paper, or the block "mean"), training recipe and data
-    description."""
+    description. ``guard_iters > 0`` turns on the energy guard (:meth:`CRNN.guard`, not in the
+    paper) with at most that many relaxation steps of ``guard_dt`` (model time units) each."""
 
     config: CRNNConfig
     tau: float = TAU
@@ -93,6 +104,8 @@ class ModelInfo:
     version: str = __version__
     param_count: int = 0
     coarse: str = "nearest"
+    guard_iters: int = 0
+    guard_dt: float = 0.0
 
 
 # --------------------------------------------------------------------------- network
@@ -200,13 +213,19 @@ class CRNN(nn.Module):
 
     def __init__(self, config: CRNNConfig = CRNNConfig(), *, tau: float = TAU, eps: float = EPS,
                  mobility: float = MOBILITY, downscale: int = 2, recipe: dict | None = None,
-                 data: dict | None = None, version: str = __version__, coarse: str = "nearest"):
+                 data: dict | None = None, version: str = __version__, coarse: str = "nearest",
+                 guard_iters: int = 0, guard_dt: float | None = None):
         super().__init__()
         if int(downscale) != downscale or downscale < 1:
             raise ValueError(f"downscale must be a positive integer, got {downscale!r}")
         if coarse not in COARSE_MODES:
             raise ValueError(f"unknown coarse grid mapping {coarse!r}: use one of "
                              f"{', '.join(COARSE_MODES)}")
+        limit = explicit_dt_limit(eps, mobility, downscale)
+        guard_dt = GUARD_DT_FRACTION * limit if guard_dt is None else float(guard_dt)
+        if int(guard_iters) != guard_iters or guard_iters < 0 or not 0 < guard_dt <= limit:
+            raise ValueError(f"energy guard: use guard_iters >= 0 (0 = off) and 0 < guard_dt <= "
+                             f"{limit:.3g} (the explicit stability bound on the model grid)")
         h = config.hidden
         self.cells = nn.ModuleList(
             _ConvGRUCell(1 if i == 0 else h, config) for i in range(config.n_layers)
@@ -216,7 +235,7 @@ class CRNN(nn.Module):
         n_params = sum(p.numel() for p in self.parameters() if p.requires_grad)
         self.info = ModelInfo(config, float(tau), float(eps), float(mobility), int(downscale),
                               dict(recipe or {}), dict(data or {}), str(version), n_params,
-                              coarse)
+                              coarse, int(guard_iters), guard_dt)
         self.extra: dict = {}
 
     @property
@@ -253,7 +272,29 @@ class CRNN(nn.Module):
             u = self.to_flux(_pad_cat([x], p))
         u = u.to(phi.dtype)
         u = (u - u.mean(dim=(1, 2, 3), keepdim=True)).permute(0, 4, 1, 2, 3)
-        return phi + self.divergence(u), new
+        phi_next = phi + self.divergence(u)
+        if self.info.guard_iters:
+            phi_next = self.guard(phi, phi_next)
+        return phi_next, new
+
+    def guard(self, phi: torch.Tensor, phi_next: torch.Tensor) -> torch.Tensor:
+        """Energy guard: while the free energy of ``phi_next`` ``(B, Z, Y, X)`` on the model grid
+        (:func:`napari_chflow.physics.free_energy_parts`, voxel size ``downscale``) exceeds that
+        of ``phi``, relax the samples concerned by explicit Cahn-Hilliard steps of ``guard_dt``
+        on the model grid (at most ``guard_iters``). Mass is unchanged, and F stops rising
+        unless the budget runs out. Differentiable (the relaxations taken enter the graph)."""
+        info = self.info
+        spacing = float(info.downscale)
+        with torch.autocast(phi.device.type, enabled=False):
+            f_old = free_energy_parts(phi, info.eps, spacing).sum(-1)
+            for _ in range(info.guard_iters):
+                over = free_energy_parts(phi_next, info.eps, spacing).sum(-1) > f_old
+                if not bool(over.any()):
+                    break
+                relaxed = gradient_flow_step(phi_next, info.guard_dt, info.eps, info.mobility,
+                                             spacing)
+                phi_next = torch.where(over[:, None, None, None], relaxed, phi_next)
+        return phi_next
 
     def forward(self, phi_in: torch.Tensor, n_steps: int = 0,
                 hidden: list[torch.Tensor] | None = None,
@@ -479,7 +520,7 @@ def checkpoint_payload(model: CRNN, *, recipe: dict, data: dict, extra: dict | N
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__,
             "config": asdict(info.config), "tau": info.tau, "eps": info.eps,
             "mobility": info.mobility, "downscale": info.downscale, "param_count": info.param_count,
-            "coarse": info.coarse,
+            "coarse": info.coarse, "guard_iters": info.guard_iters, "guard_dt": info.guard_dt,
             "recipe": _safe(dict(recipe), "recipe"), "data": _safe(dict(data), "data"),
             "extra": _safe(dict(extra or {}), "extra"), "sha256": _digest(state),
             "state_dict": state}
@@ -514,7 +555,8 @@ def model_from_payload(payload, source: str = "checkpoint") -> CRNN:
         config = CRNNConfig(**payload["config"])
         model = CRNN(config, tau=payload["tau"], eps=payload["eps"], mobility=payload["mobility"],
                      downscale=payload["downscale"], recipe=payload["recipe"], data=payload["data"],
-                     version=payload["version"], coarse=payload.get("coarse", "nearest"))
+                     version=payload["version"], coarse=payload.get("coarse", "nearest"),
+                     guard_iters=payload.get("guard_iters", 0), guard_dt=payload.get("guard_dt"))
         model.load_state_dict(state, strict=True)
     except (TypeError, ValueError, RuntimeError) as e:
         detail = str(e).strip().splitlines()[0][:300]

@@ -82,8 +82,11 @@ def laplacian(
     """Periodic 7-point Laplacian (grid spacing 1) over the last three dims of ``(..., Z, Y, X)``.
 
     ``out`` and ``pad`` (shape ``(..., Z+2, Y+2, X+2)``) are optional work buffers; with them
-    the call allocates nothing (the solver's inner loop passes them).
+    the call allocates nothing (the solver's inner loop passes them). Without ``out`` it is
+    differentiable (training losses and the CRNN's energy guard use it).
     """
+    if out is None and phi.requires_grad:
+        return sum(torch.roll(phi, 1, d) + torch.roll(phi, -1, d) for d in (-3, -2, -1)) - 6 * phi
     if pad is None:
         pad = phi.new_empty((*phi.shape[:-3], *(n + 2 for n in phi.shape[-3:])))
     if out is None:
@@ -117,10 +120,12 @@ def bulk_derivative(phi: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     return (36.0 / eps) * phi * (1 - phi) * (1 - 2 * phi)
 
 
-def chemical_potential(phi, eps: float = EPS):
-    """mu = g'(phi) - eps lap(phi), same type and shape as ``phi`` (numpy or torch, 3D)."""
+def chemical_potential(phi, eps: float = EPS, spacing: float = 1.0):
+    """mu = g'(phi) - eps lap(phi), same type and shape as ``phi`` (numpy or torch,
+    ``(..., Z, Y, X)``); ``spacing`` is the voxel size in grid units (the Laplacian is divided by
+    its square), so mu is the variational derivative of :func:`free_energy` on that grid."""
     t = _as_tensor(phi)
-    mu = bulk_derivative(t, eps) - eps * laplacian(t)
+    mu = bulk_derivative(t, eps) - (eps / spacing**2) * laplacian(t)
     return mu if isinstance(phi, torch.Tensor) else mu.numpy()
 
 
@@ -164,12 +169,13 @@ def free_energy_density(phi, eps: float = EPS, spacing: float = 1.0) -> float:
 # --------------------------------------------------------------------------- solvers
 
 
-def explicit_dt_limit(eps: float = EPS, mobility: float = MOBILITY) -> float:
+def explicit_dt_limit(eps: float = EPS, mobility: float = MOBILITY, spacing: float = 1.0) -> float:
     """Largest stable explicit-Euler step for phi in [0, 1] (linearised about phi = 0 or 1).
 
-    Amplification ``1 - dt M K (eps K + g'')`` with K <= 12 (3D 7-point stencil), g'' <= 36/eps.
+    Amplification ``1 - dt M K (eps K + g'')`` with K <= 12 / spacing^2 (3D 7-point stencil on
+    voxels of size ``spacing``), g'' <= 36/eps.
     """
-    k_max = 12.0
+    k_max = 12.0 / spacing**2
     return 2.0 / (mobility * k_max * (eps * k_max + 36.0 / eps))
 
 
@@ -421,6 +427,15 @@ def simulate(
     except SimulationDiverged as err:
         raise SimulationDiverged(str(err), frames, err.step) from None
     return np.stack(frames)
+
+
+def gradient_flow_step(phi: torch.Tensor, dt: float, eps: float = EPS, mobility: float = MOBILITY,
+                       spacing: float = 1.0) -> torch.Tensor:
+    """One explicit Euler step of Cahn-Hilliard, ``phi + dt M lap(mu)`` (a new tensor), on
+    ``(..., Z, Y, X)`` voxels of size ``spacing``: mass-conserving, and it lowers
+    :func:`free_energy` for ``dt`` small enough (:func:`explicit_dt_limit`). Differentiable.
+    The solvers' own in-place steppers are faster; this is for small corrections."""
+    return phi + (dt * mobility / spacing**2) * laplacian(chemical_potential(phi, eps, spacing))
 
 
 def linear_growth_rate(k2: float, phi_bar: float = 0.5, eps: float = EPS, mobility: float = MOBILITY) -> float:

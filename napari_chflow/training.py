@@ -114,7 +114,8 @@ class TrainConfig:
     at a random start (None = the whole sequence), so long late-time sequences are sampled
     uniformly in time; ``bptt``: truncate backpropagation every ``bptt`` steps (0 = off);
     ``energy_weight``, ``split_weight``, ``descent_weight``: weights of the free-energy terms
-    added to the voxel-wise MSE."""
+    added to the voxel-wise MSE; ``guard_iters``: the model's energy guard
+    (:meth:`napari_chflow.model.CRNN.guard`), on in training and in the saved model, 0 = off."""
 
     epochs: int = 100
     lr: float = 1e-3
@@ -136,6 +137,7 @@ class TrainConfig:
     energy_weight: float = 0.0
     split_weight: float = 0.0
     descent_weight: float = 0.0
+    guard_iters: int = 0
     model: CRNNConfig = CRNNConfig()
 
 
@@ -372,11 +374,11 @@ def _check(config: TrainConfig, stored: TrainConfig | None, n_train: int, n_val:
         (config.batch_size < 1, f"batch_size={config.batch_size}: use batch_size >= 1"),
         (config.lr <= 0, f"lr={config.lr}: use a positive learning rate"),
         (config.input_noise < 0, f"input_noise={config.input_noise}: use a std >= 0 (--input-noise)"),
-        (config.coarse not in COARSE_MODES, f"coarse={config.coarse!r}: use one of "
-         f"{', '.join(COARSE_MODES)} (--coarse)"),
         (config.window is not None and not 2 <= config.window <= max(n_frames, 2),
          f"window={config.window}: use 2 <= window <= {n_frames}, the sequence length (--window)"),
         (config.bptt < 0, f"bptt={config.bptt}: use 0 (off) or a positive step count (--bptt)"),
+        (config.guard_iters < 0, f"guard_iters={config.guard_iters}: use 0 (off) or a positive "
+         "number of relaxation steps (--energy-guard)"),
         (min(config.energy_weight, config.split_weight, config.descent_weight) < 0,
          "loss weights must be >= 0: check --energy-weight, --split-weight, --descent-weight"),
         (config.lr_schedule not in LR_SCHEDULES, f"lr_schedule={config.lr_schedule!r}: use one "
@@ -509,6 +511,9 @@ def train(
         torch.set_num_threads(config.num_threads)
     ranks, created = _setup_ranks(config.device)
     try:
+        if config.coarse not in COARSE_MODES:
+            raise TrainingError(f"coarse={config.coarse!r}: use one of {', '.join(COARSE_MODES)} "
+                                "(--coarse)")
         data = load_dataset(dataset_dir)
         train_set = load_sequences(data.train, config.downscale, config.frames, config.coarse)
         val_set = load_sequences(data.val, config.downscale, config.frames, config.coarse)
@@ -523,7 +528,7 @@ def train(
         torch.manual_seed(config.seed)
         physics = {k: getattr(data.config, k) for k in ("tau", "eps", "mobility")}
         model = CRNN(config.model, downscale=config.downscale, coarse=config.coarse,
-                     **physics).to(ranks.device)
+                     guard_iters=config.guard_iters, **physics).to(ranks.device)
         parent = _initial_weights(model, config.init) if state is None else state.get("parent")
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         history, wall, start = [], 0.0, 0
@@ -638,6 +643,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         f"(equilibrium interfaces: equipartition; default {d.split_weight:g})")
     add("--descent-weight", type=float, help="weight of the penalty on F falling slower than the "
         f"ground truth's, or rising (default {d.descent_weight:g})")
+    add("--energy-guard", dest="guard_iters", type=int, metavar="N",
+        help="energy guard: after each CRNN step, up to N Cahn-Hilliard relaxation steps on the "
+             "model grid while the free energy rose (in training and in the saved model; "
+             f"default {d.guard_iters} = off, the paper's CRNN)")
     add("--grad-clip", type=float, help=f"max gradient norm, 0 = off (default {d.grad_clip})")
     add("--seed", type=int, help=f"seed of weights, data order, augmentation (default {d.seed})")
     add("--device", help="cpu (default) or cuda")

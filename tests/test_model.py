@@ -199,6 +199,48 @@ def test_downsample_upsample_semantics():
         downsample(field((9, 8, 8)), 2)
 
 
+def test_block_mean_grid_mapping_keeps_sub_cell_interface_positions():
+    a = field((2, 8, 6, 4))
+    d = downsample(a, 2, "mean")
+    expected = a.reshape(2, 4, 2, 3, 2, 2, 2).mean(axis=(2, 4, 6))
+    np.testing.assert_allclose(d, expected, rtol=1e-6)
+    np.testing.assert_allclose(downsample(torch.from_numpy(a), 2, "mean").numpy(), d, rtol=1e-6)
+    np.testing.assert_allclose(downsample(upsample(d, 2), 2, "mean"), d, rtol=1e-6)
+    assert float(d.sum()) * 8 == pytest.approx(float(a.sum()), rel=1e-5)  # mass kept
+    # an interface moved by one fine voxel (half a coarse cell): nearest sampling cannot tell
+    # two such positions apart, the block mean can
+    x = np.arange(16)
+    step = [np.broadcast_to((x >= c).astype(np.float32), (4, 4, 16)) for c in (7, 8)]
+    assert np.array_equal(downsample(step[0], 2), downsample(step[1], 2))
+    assert not np.array_equal(downsample(step[0], 2, "mean"), downsample(step[1], 2, "mean"))
+    with pytest.raises(ValueError, match="nearest, mean"):
+        downsample(a, 2, "cubic")
+
+
+def test_energy_guard_stops_rises_of_the_free_energy_and_keeps_mass():
+    from napari_chflow.physics import free_energy_parts
+    from napari_chflow.seeds import perlin
+
+    phi0 = torch.from_numpy(perlin((16, 16, 16), seed=4))[None]
+
+    def energies(model):
+        frames = model(phi0[:, None], n_steps=12)[0]
+        f = [float(free_energy_parts(p, spacing=2).sum()) for p in torch.cat([phi0, frames])]
+        return np.array(f), frames
+
+    with torch.no_grad():
+        free, _ = energies(make_model(seed=2))  # an untrained CRNN raises F
+        guarded, frames = energies(make_model(seed=2, guard_iters=200))
+    assert (np.diff(free) > 0).any()
+    assert (np.diff(guarded) <= 0).all()
+    mass = frames.double().sum(dim=(1, 2, 3))
+    np.testing.assert_allclose(mass.numpy(), float(phi0.double().sum()), rtol=1e-6)
+    with pytest.raises(ValueError, match="stability bound"):
+        CRNN(guard_iters=5, guard_dt=1.0)
+    with pytest.raises(ValueError, match="guard_iters"):
+        CRNN(guard_iters=-1)
+
+
 def test_rollout_frames_and_grid_mapping():
     model = make_model()
     phi0 = field((16, 12, 8), seed=3)
@@ -277,11 +319,22 @@ def test_checkpoint_round_trip(tmp_path):
     assert loaded.info.recipe == {"lr": 1e-3, "epochs": 3, "out": "/x"}
     assert loaded.info.data == {"n_sequences": 10, "grid": (64, 64, 64)}
     assert loaded.info.param_count == 28_970
+    assert (loaded.info.coarse, loaded.info.guard_iters) == ("nearest", 0)
     assert loaded.extra["train_state"]["step"] == 7
     assert torch.equal(loaded.extra["train_state"]["rng"], torch.arange(4))
     seq = torch.from_numpy(field((1, 2, 6, 6, 6)))
     with torch.no_grad():
         assert torch.equal(loaded(seq, n_steps=2), model(seq, n_steps=2))
+
+
+def test_checkpoint_keeps_grid_mapping_and_energy_guard(tmp_path):
+    model = save_default(tmp_path / "m.pt", make_model(seed=3, coarse="mean", guard_iters=7,
+                                                        guard_dt=0.01))
+    loaded = load_checkpoint(tmp_path / "m.pt")
+    assert (loaded.info.coarse, loaded.info.guard_iters, loaded.info.guard_dt) == ("mean", 7, 0.01)
+    phi0 = field((8, 8, 8), seed=5)
+    np.testing.assert_array_equal(rollout(loaded, phi0, 2)[0], downsample(phi0, 2, "mean"))
+    np.testing.assert_array_equal(rollout(loaded, phi0, 2), rollout(model, phi0, 2))
 
 
 def test_checkpoint_refuses_foreign_and_broken_files(tmp_path):

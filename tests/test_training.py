@@ -27,10 +27,14 @@ from napari_chflow.training import (
     best_epoch_number,
     curriculum_length,
     learning_rate,
+    LossWeights,
     load_sequences,
+    loss_terms,
     sample_losses,
     select_best_epoch,
+    split_windows,
     train,
+    window_starts,
 )
 
 # ----------------------------------------------------------------------------- symmetries
@@ -262,3 +266,90 @@ def test_init_from_another_architecture_is_refused(tiny_dataset, reference_run, 
     with pytest.raises(TrainingError, match="input_noise=-0.1.*--input-noise"):
         train(tiny_dataset, tmp_path, dataclasses.replace(CONFIG, input_noise=-0.1),
               progress=False)
+
+
+# ----------------------------------------------------------------------------- long-horizon terms
+
+
+@pytest.fixture(scope="module")
+def coarse_run() -> torch.Tensor:
+    """``(1, 9, 16, 16, 16)``: a 32^3 spectral run from t = 20 (interfaces formed), every tau,
+    on the x1/2 grid (block mean)."""
+    from napari_chflow.model import downsample
+    from napari_chflow.seeds import perlin
+
+    seq = physics.simulate(perlin((32, 32, 32), seed=11), 48, solver="spectral")[40:]
+    return torch.from_numpy(downsample(seq, 2, "mean"))[None]
+
+
+def test_loss_terms_vanish_on_the_truth_and_see_broadening_and_stalling(coarse_run):
+    truth = loss_terms(coarse_run[:, 1:], coarse_run)
+    for name, value in truth.items():
+        assert float(value) == pytest.approx(0, abs=1e-12), name
+    # interfaces broadened toward 1/2 (bulk energy up, gradient energy down): the split sees it
+    broad = 0.5 + 0.85 * (coarse_run[:, 1:] - 0.5)
+    terms = loss_terms(broad, coarse_run)
+    assert float(terms["split"]) > 1e-3 and float(terms["energy"]) > 1e-3
+    # a prediction frozen at the input: MSE is small, but F stops falling (descent term > 0)
+    frozen = coarse_run[:, :1].expand_as(coarse_run[:, 1:])
+    stalled = loss_terms(frozen, coarse_run)
+    assert float(stalled["descent"]) > 0 and float(stalled["mse"]) < 0.01
+    # the weighted sum is what training minimises
+    model = CRNN_for_losses()
+    w = LossWeights(energy=2.0, split=3.0, descent=5.0)
+    with torch.no_grad():
+        total = sample_losses(model, coarse_run, 4, weights=w)
+        pred = model(coarse_run[:, :5], 4)
+    parts = loss_terms(pred, coarse_run)
+    expected = parts["mse"] + 2 * parts["energy"] + 3 * parts["split"] + 5 * parts["descent"]
+    torch.testing.assert_close(total, expected)
+
+
+def CRNN_for_losses():
+    from napari_chflow.model import CRNN
+
+    torch.manual_seed(0)
+    return CRNN().eval()
+
+
+def test_window_sampler_covers_long_sequences_uniformly_and_reproducibly():
+    config = TrainConfig(window=10, seed=4)
+    starts = np.concatenate([window_starts(config, e, 50, 100) for e in range(40)])
+    assert starts.min() >= 0 and starts.max() <= 90
+    assert starts.min() < 5 and starts.max() > 85  # late windows are drawn as often as early
+    assert abs(np.mean(starts >= 45) - 0.5) < 0.05
+    assert np.array_equal(window_starts(config, 3, 50, 100), window_starts(config, 3, 50, 100))
+    assert not np.array_equal(window_starts(config, 3, 50, 100), window_starts(config, 4, 50, 100))
+    assert not window_starts(TrainConfig(), 0, 5, 100).any()  # no window: whole sequences
+    seqs = torch.arange(2 * 25).reshape(2, 25, 1, 1, 1).float()
+    win = split_windows(seqs, 10)
+    assert win.shape == (4, 10, 1, 1, 1) and torch.equal(win[3], seqs[1, 10:20])
+
+
+def test_truncated_backprop_cuts_the_gradient_to_earlier_steps():
+    model = CRNN_for_losses()
+    phi0 = torch.rand(1, 1, 8, 8, 8, requires_grad=True)
+    full = torch.autograd.grad(model(phi0, 4)[0, -1].sum(), phi0)[0]
+    cut = torch.autograd.grad(model(phi0, 4, detach_every=2)[0, -1].sum(), phi0,
+                              allow_unused=True)[0]
+    assert float(full.abs().sum()) > 0
+    assert cut is None or float(cut.abs().sum()) == 0
+    with torch.no_grad():  # same forward values
+        torch.testing.assert_close(model(phi0, 4), model(phi0, 4, detach_every=2))
+
+
+def test_training_with_windows_energy_terms_and_guard(tiny_dataset, tmp_path):
+    config = dataclasses.replace(CONFIG, epochs=2, curriculum_epochs=0, window=3, bptt=2,
+                                 energy_weight=0.1, split_weight=0.1, descent_weight=1.0,
+                                 coarse="mean", guard_iters=5)
+    model = load_checkpoint(train(tiny_dataset, tmp_path, config, progress=False))
+    assert (model.info.coarse, model.info.guard_iters) == ("mean", 5)
+    history = _history(tmp_path)
+    assert all(h["full_length"] == 2 for h in history)  # windows of 3 frames
+    assert np.isfinite([h["val_loss_full"] for h in history]).all()
+    for bad, match in [({"window": 1}, "window=1"), ({"bptt": -1}, "bptt=-1"),
+                       ({"energy_weight": -1.0}, "--energy-weight"), ({"coarse": "max"}, "coarse"),
+                       ({"guard_iters": -2}, "--energy-guard")]:
+        with pytest.raises(TrainingError, match=match):
+            train(tiny_dataset, tmp_path / "bad", dataclasses.replace(config, **bad),
+                  progress=False)
