@@ -22,6 +22,9 @@ SBDF2 histories (spectral, measured 118 B per voxel)."""
 SEED_BYTES_PER_VOXEL = {"perlin": 96, "mesh": 320, "spheres": 48, "slab": 8}
 """Peak bytes per voxel of making a seed (measured 85, 287 (+ the mesh itself), 35 and 5)."""
 MESH_BYTES = 64 * 2**20
+RUN_BYTES = 16 * 2**20
+"""Fixed part of a solver's or the CRNN's peak (torch work buffers, allocator slack; measured
+about 5 MiB)."""
 WORKER_BYTES = 400 * 2**20
 """A spawned dataset worker: the Python interpreter with torch and numpy imported."""
 
@@ -116,14 +119,15 @@ def seed_bytes(shape, kind: str = "perlin") -> int:
 def simulate_bytes(shape, solver: str = "explicit", itemsize: int = 4) -> int:
     """Peak bytes of :func:`napari_chflow.physics.iter_simulate` on ``shape`` (``itemsize`` 4 for
     float32, 8 for float64), besides the initial condition."""
-    return _voxels(shape) * (SIMULATE_WORDS.get(solver, max(SIMULATE_WORDS.values())) * itemsize + 8)
+    words = SIMULATE_WORDS.get(solver, max(SIMULATE_WORDS.values()))
+    return _voxels(shape) * (words * itemsize + 8) + RUN_BYTES
 
 
 def rollout_bytes(shape, hidden: int = 10, n_layers: int = 2, downscale: int = 2) -> int:
     """Peak bytes of a CRNN rollout from a full-resolution ``shape``: the downsampled grid with
     ``hidden`` channels per cell (measured 1008 B per model voxel for 10 x 2), and the input."""
     coarse = _voxels(int(n) // int(downscale) or 1 for n in shape)
-    return 4 * coarse * (16 * int(hidden) * int(n_layers) + 16) + 8 * _voxels(shape)
+    return 4 * coarse * (16 * int(hidden) * int(n_layers) + 16) + 8 * _voxels(shape) + RUN_BYTES
 
 
 def dataset_bytes(size: int, solver: str, workers: int) -> int:
