@@ -383,7 +383,8 @@ def explain(err: BaseException) -> str:
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
         reason = err.strerror or _one_line(err)
         fix = {errno.ENOSPC: "free some disk space or write to another disk",
-               errno.EACCES: "choose a path you may write to", errno.EROFS: "choose a writable path",
+               errno.EACCES: "choose a path you may write to",
+               errno.EROFS: "choose a writable path",
                errno.ENOENT: "check the path", errno.EISDIR: "give a file, not a folder",
                errno.ENOTDIR: "check the path"}.get(err.errno, "check the path and the disk")
         return f"{reason}{where}: {fix}"

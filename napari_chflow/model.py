@@ -557,7 +557,8 @@ def _shape_mismatch(expected: dict, state: dict) -> str | None:
     for name, want in expected.items():
         got = state[name]
         if tuple(got.shape) != tuple(want.shape):
-            return f"{name} has shape {tuple(got.shape)}, the architecture needs {tuple(want.shape)}"
+            return (f"{name} has shape {tuple(got.shape)}, the architecture needs "
+                    f"{tuple(want.shape)}")
         if not got.is_floating_point():
             return f"{name} holds {got.dtype} values, not floating point"
     return None

@@ -82,7 +82,8 @@ def _validate_phi(phi: np.ndarray | torch.Tensor) -> None:
             "pass a single volume, e.g. phi[0] for the first frame of a sequence"
         )
     if min(phi.shape) < 1:
-        raise ValueError(f"phi has an empty axis, shape {tuple(phi.shape)}: pass a non-empty volume")
+        raise ValueError(f"phi has an empty axis, shape {tuple(phi.shape)}: "
+                         "pass a non-empty volume")
     check_phi_range(phi)
 
 

@@ -319,7 +319,8 @@ def _check_training_memory(config: TrainConfig, data, device: torch.device) -> N
     held, batch = train_bytes(len(data.train) + len(data.val), frames, c.size, config.downscale,
                               config.batch_size, config.model.hidden, config.model.n_layers)
     fix = "use fewer frames or sequences, a smaller batch size or a larger downscale"
-    what = f"training on {len(data.train) + len(data.val)} sequences of {frames} frames at {c.size}^3"
+    n = len(data.train) + len(data.val)
+    what = f"training on {n} sequences of {frames} frames at {c.size}^3"
     if device.type == "cpu":
         check_memory(held + batch, what, None, fix)
     else:
