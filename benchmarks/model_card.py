@@ -22,8 +22,9 @@ import torch
 
 from napari_chflow import __version__
 from napari_chflow.bench import format_table, solver_timings
+from napari_chflow.io import atomic_write_text, portable_path
 from napari_chflow.metrics import interface_displacement, mass
-from napari_chflow.model import downsample, iter_rollout, load_checkpoint
+from napari_chflow.model import RolloutDiverged, downsample, iter_rollout, load_checkpoint
 from napari_chflow.seeds import perlin, slab
 from napari_chflow.training import best_epoch_number
 from napari_chflow.validation import paired_run
@@ -58,13 +59,16 @@ def stability(model, size: int = 32, n_steps: int = 10_000) -> dict:
     """Roll out ``n_steps`` CRNN steps from a Perlin IC of ``size``^3: mass drift, range, NaN."""
     phi0 = perlin((size,) * 3, mean=0.5, seed=HELD_OUT_SEEDS[0])
     start = time.perf_counter()
-    m0, lo, hi, last = None, np.inf, -np.inf, None
-    for frame in iter_rollout(model, phi0, n_steps):
-        m0 = mass(frame) if m0 is None else m0
-        lo, hi, last = min(lo, float(frame.min())), max(hi, float(frame.max())), frame
+    m0, lo, hi, last, blew_up = None, np.inf, -np.inf, None, None
+    try:
+        for frame in iter_rollout(model, phi0, n_steps):
+            m0 = mass(frame) if m0 is None else m0
+            lo, hi, last = min(lo, float(frame.min())), max(hi, float(frame.max())), frame
+    except RolloutDiverged as err:  # phi left physics.BLOWUP_RANGE: the rollout stops there
+        blew_up = err.step
     return {"steps": n_steps, "grid": last.shape, "mass_drift": abs(mass(last) - m0) / m0,
-            "min": lo, "max": hi, "finite": bool(np.isfinite(last).all()),
-            "seconds": time.perf_counter() - start}
+            "min": lo, "max": hi, "finite": bool(np.isfinite(last).all()) and blew_up is None,
+            "blew_up_at": blew_up, "seconds": time.perf_counter() - start}
 
 
 def rest(model, size: int = 32, checks=(10, 100, 1000)) -> dict:
@@ -81,6 +85,9 @@ def rest(model, size: int = 32, checks=(10, 100, 1000)) -> dict:
 
 def _stability_verdict(stab: dict) -> str:
     """One sentence on how far phi left [0, 1] during the stability run."""
+    if stab.get("blew_up_at") is not None:
+        return (f"**Unstable**: phi blew up (left [-2, 3]) at step {stab['blew_up_at']}, where the "
+                "rollout stops; use this model for short rollouts only.")
     over = max(-stab["min"], stab["max"] - 1.0)
     if over <= 0.2:
         return "phi stays within [-0.2, 1.2] for the whole run."
@@ -92,14 +99,25 @@ def _stability_verdict(stab: dict) -> str:
             "rollouts (tens of tau) only.")
 
 
+def _train_config(recipe: dict) -> dict:
+    """The recipe's train config with its ``init`` checkpoint path made portable."""
+    tc = dict(recipe.get("train_config") or recipe)
+    if tc.get("init"):
+        parent = recipe.get("init_from") or {}
+        tc["init"] = portable_path(tc["init"], sha256=parent.get("sha256"))
+    return tc
+
+
 def _lineage(recipe: dict) -> list[str]:
-    """Card lines for the checkpoints a fine-tuned model started from (``--init``), oldest last."""
+    """Card lines for the checkpoints a fine-tuned model started from (``--init``), oldest last;
+    paths relative to the project, or file name and sha256 (``io.portable_path``)."""
     lines, parent = [], recipe.get("init_from")
     while parent:
         rec, data = parent.get("recipe") or {}, parent.get("data") or {}
         cfg = data.get("config") or {}
+        where = portable_path(parent.get("path"), sha256=parent.get("sha256"))
         lines.append(
-            f"- started from `{parent.get('path')}`: {rec.get('epochs_done', '?')} epochs, "
+            f"- started from `{where}`: {rec.get('epochs_done', '?')} epochs, "
             f"{rec.get('wall_seconds', 0) / 3600:.2f} h, on {data.get('n_train', '?')} training sequences "
             f"of {cfg.get('frames', '?')} frames at {cfg.get('size', '?')}^3 (lr "
             f"{(rec.get('train_config') or {}).get('lr', '?')}, best full-sequence validation loss "
@@ -131,7 +149,7 @@ def card(model, acc: dict, stab: dict, still: dict, speed_table: str, dataset_cm
         f"- training: `{train_cmd}`",
         f"- dataset: {info.data.get('config')}; {info.data.get('n_train')} training and "
         f"{info.data.get('n_val')} validation sequences",
-        f"- recipe: {rec.get('train_config', rec)}",
+        f"- recipe: {_train_config(rec)}",
         f"- epochs done: {rec.get('epochs_done', '?')}, wall time: {rec.get('wall_seconds', 0) / 3600:.2f} h, "
         f"hardware: {rec.get('hardware', '?')}, best full-sequence validation loss {rec.get('best_val_loss_full', '?')} "
         f"(epoch {best_epoch_number(rec)})",
@@ -192,8 +210,7 @@ def main(argv=None) -> None:
     stab = stability(model, n_steps=args.steps)
     still = rest(model)
     text = card(model, acc, stab, still, format_table(speed), args.dataset_cmd, args.train_cmd)
-    with open(args.out, "w") as fh:
-        fh.write(text)
+    atomic_write_text(args.out, text)
     print(text)
 
 

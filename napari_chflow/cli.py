@@ -1,18 +1,36 @@
 """``chflow`` command line: seed, simulate, dataset, train, rollout, compare, bench, validate.
 
 Every subcommand has ``--help``. Long work shows a tqdm progress bar; Ctrl-C stops it and keeps
-what was finished (frames written so far, completed dataset sequences, the last epoch).
+what was finished (frames written so far, completed dataset sequences, the last epoch), and exits
+with status 130. Any failure prints one line naming the problem and the fix and exits with status
+2; ``--debug`` (or ``CHFLOW_DEBUG=1``) prints the traceback before it.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
+
+DEBUG_ENV = "CHFLOW_DEBUG"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with a sentence on what was kept."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit status 2), like every other failure."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _shape(size: int) -> tuple[int, int, int]:
@@ -59,27 +77,37 @@ def _read_ic(path: str) -> tuple[np.ndarray, dict]:
     from .io import open_sequence
 
     seq = open_sequence(path)
-    return np.asarray(seq.phi[-1]), dict(seq.attrs)
+    return seq.frame(-1), dict(seq.attrs)
 
 
 # --------------------------------------------------------------------------- simulate / rollout
 
 
 def _stream(frames, n_tau: int, out: str, attrs: dict, overwrite: bool, desc: str) -> None:
-    """Write an iterator of frames (IC first) to a zarr sequence with a progress bar."""
+    """Write an iterator of frames (IC first) to a zarr sequence, with a progress bar on a
+    terminal. A run that stops early (Ctrl-C, an error) keeps its frames marked interrupted, or,
+    when it was to replace a store, leaves that store as it was."""
     from tqdm import tqdm
 
     from .io import SequenceWriter
 
     first = next(frames)
-    with SequenceWriter(out, first.shape, attrs=attrs, overwrite=overwrite) as writer:
+    writer = SequenceWriter(out, first.shape, attrs=attrs, overwrite=overwrite)
+    try:
         writer.append(first)
-        try:
-            for frame in tqdm(frames, total=n_tau, desc=desc, unit="tau"):
-                writer.append(frame)
-        except KeyboardInterrupt:
-            writer.update_attrs({"interrupted": True})
-            print(f"\ninterrupted: kept {len(writer)} frames in {out}", file=sys.stderr)
+        for frame in tqdm(frames, total=n_tau, desc=desc, unit="tau", disable=None):
+            writer.append(frame)
+    except BaseException as err:
+        n = len(writer)
+        kept = (f"kept the {n} of {n_tau + 1} frames computed in {out}, marked interrupted"
+                if writer.close_interrupted() else
+                f"{out} keeps its previous result, the {n} new frames were dropped")
+        if isinstance(err, KeyboardInterrupt):
+            raise Interrupted(f"{kept}: rerun with --overwrite to finish") from None
+        if isinstance(err, Exception):
+            err.chflow_kept = kept
+        raise
+    writer.close()
 
 
 def _cmd_simulate(args) -> None:
@@ -186,6 +214,7 @@ def _cmd_bench(args) -> None:
 
 
 def _cmd_validate(args) -> None:
+    from .io import portable_path
     from .validation import parse_overrides, preset, validate
 
     settings = {"device": args.device, "threads": args.threads, "bunny_path": args.bunny,
@@ -197,11 +226,12 @@ def _cmd_validate(args) -> None:
                                  ("--threads", args.threads, None), ("--bunny", args.bunny, None),
                                  ("-o", args.output, "docs")):
         if value != default:
-            command += [flag, str(value)]
+            path_like = flag in ("--model", "--bunny", "-o")
+            command += [flag, portable_path(value, digest=False) if path_like else str(value)]
     command += ["--no-memory"] if args.no_memory else []
     command += [f"--set '{item}'" for item in args.set]
     path = validate(model, config, out_dir=args.output, command=" ".join(command),
-                    model_source=args.model, progress=not args.quiet)
+                    model_source=portable_path(args.model), progress=not args.quiet)
     print(f"wrote {path} and {Path(args.output) / 'validation'}/*.png")
 
 
@@ -209,8 +239,10 @@ def _cmd_validate(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="chflow", description=__doc__.splitlines()[0])
+    p = _Parser(prog="chflow", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"napari-chflow {__version__}")
+    debug_help = f"on failure, print the full traceback (also: {DEBUG_ENV}=1)"
+    p.add_argument("--debug", action="store_true", help=debug_help)
     sub = p.add_subparsers(dest="command", required=True)
 
     def out(sp, default=None):
@@ -316,20 +348,78 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress lines")
     s.add_argument("-o", "--output", default="docs", help="folder for validation.md (default docs)")
     s.set_defaults(func=_cmd_validate)
+    for sp in sub.choices.values():  # --debug after the subcommand too
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return p
 
 
+KEPT_ON_INTERRUPT = {
+    "dataset": "finished sequences are kept: run the same command to finish",
+    "train": "last.pt keeps the last completed epoch: continue with --resume",
+}
+
+
+def _one_line(text: str, limit: int = 600) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def explain(err: BaseException) -> str:
+    """One line naming the problem and the fix for any exception a command can end with."""
+    import torch
+
+    from .model import RolloutDiverged
+    from .physics import SimulationDiverged
+
+    if isinstance(err, (ValueError, SimulationDiverged, RolloutDiverged)):
+        return _one_line(err)
+    if isinstance(err, torch.OutOfMemoryError):
+        return ("the GPU ran out of memory: use a smaller grid (--size, a smaller initial "
+                "condition), a smaller --batch-size, or --device cpu")
+    if isinstance(err, MemoryError):
+        return ("ran out of memory: use a smaller grid (--size or a smaller initial condition), "
+                "fewer --workers or a smaller --batch-size")
+    if isinstance(err, OSError):
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        reason = err.strerror or _one_line(err)
+        fix = {errno.ENOSPC: "free some disk space or write to another disk",
+               errno.EACCES: "choose a path you may write to",
+               errno.EROFS: "choose a writable path",
+               errno.ENOENT: "check the path", errno.EISDIR: "give a file, not a folder",
+               errno.ENOTDIR: "check the path"}.get(err.errno, "check the path and the disk")
+        return f"{reason}{where}: {fix}"
+    return (f"unexpected {type(err).__name__}: {_one_line(err, 300)} (rerun with --debug or "
+            f"{DEBUG_ENV}=1 for the traceback, and report it)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``chflow``; user errors print one line and exit with status 2."""
+    """Entry point of ``chflow``. Any failure prints one line naming the problem and the fix and
+    returns 2 (``--debug`` or ``CHFLOW_DEBUG=1`` print the traceback first); Ctrl-C returns 130."""
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    name = f"chflow {args.command}"
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"{name}: warning: {_one_line(message)}", file=sys.stderr)
+
+    shown = warnings.showwarning
+    warnings.showwarning = one_line_warning
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"chflow {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        kept = str(err) if isinstance(err, Interrupted) else KEPT_ON_INTERRUPT.get(args.command, "")
+        print(f"\n{name}: interrupted" + (f": {kept}" if kept else ""), file=sys.stderr)
         return 130
+    except Exception as err:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        kept = getattr(err, "chflow_kept", "")
+        print(f"{name}: error: {explain(err)}" + (f" ({kept})" if kept else ""), file=sys.stderr)
+        return 2
+    finally:
+        warnings.showwarning = shown
     return 0
 
 

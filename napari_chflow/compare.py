@@ -56,14 +56,20 @@ def compare(phi0: np.ndarray, model, n_tau: int, out_dir, solver: str = "spectra
             seed_attrs: dict | None = None, overwrite: bool = False, progress: bool = False) -> Comparison:
     """Run ``solver`` and ``model`` for ``n_tau`` from ``phi0`` ``(Z, Y, X)``; write to ``out_dir``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     info = model.info
     f = info.downscale
     phi0 = np.asarray(phi0, dtype=np.float32)
     if any(n % f for n in phi0.shape):
         raise ValueError(f"grid {phi0.shape} is not divisible by the model's downscale {f}: use a size that is")
+    from .memory import check_memory
+
+    # every frame of both runs is kept for the traces, plus the upsampled CRNN frames
+    check_memory(3 * (int(n_tau) + 1) * phi0.size * 4,
+                 f"comparing {n_tau} tau on a {'x'.join(map(str, phi0.shape))} grid",
+                 fix="use fewer tau or a smaller grid")
     gt_frames = physics.iter_simulate(phi0, n_tau, tau=info.tau, solver=solver, eps=info.eps, device=device)
     nn_frames = iter_rollout(model, phi0, n_tau, device=device)
+    out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be usable
     meta = {"tau": info.tau, "eps": info.eps, "mobility": info.mobility, "seed": seed_attrs}
     gt, nn = [], []
     coarse = tuple(n // f for n in phi0.shape)

@@ -28,6 +28,8 @@ import multiprocessing
 import os
 import re
 import shutil
+import threading
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -101,10 +103,11 @@ class DatasetConfig:
             (self.n_seq < _SPLIT_STREAM, f"n_seq={self.n_seq} is too large: use fewer sequences"),
             (self.frames >= 2, f"frames={self.frames}: a sequence needs >= 2 frames (--frames)"),
             (self.size >= 4, f"size={self.size}: use a box of at least 4 voxels per side (--size)"),
-            (self.tau > 0 and self.eps > 0 and self.mobility > 0,
+            (all(math.isfinite(v) and v > 0 for v in (self.tau, self.eps, self.mobility)),
              "tau, eps and mobility must be positive: check --tau/--eps/--mobility"),
             (self.solver in SOLVERS, f"unknown solver {self.solver!r}: use {' or '.join(SOLVERS)}"),
-            (self.dt is None or self.dt > 0, f"dt={self.dt}: use a positive step or None"),
+            (self.dt is None or (math.isfinite(self.dt) and self.dt > 0),
+             f"dt={self.dt}: use a positive step or None"),
             (0 <= self.val_fraction < 1, f"val_fraction={self.val_fraction}: use [0, 1)"),
             (0 <= self.later_start_fraction <= 1,
              f"later_start_fraction={self.later_start_fraction}: use a value in [0, 1]"),
@@ -263,22 +266,37 @@ def _generate_one(
     return index
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int | None = None) -> None:
     import torch
 
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
+    """End this worker process as soon as ``parent`` is no longer its parent (it died or was
+    killed): nobody would collect its result, and its partial store is redone on the rerun."""
+    while True:
+        time.sleep(interval)
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 def _is_done(path: Path, config: DatasetConfig, index: int) -> bool:
-    """A finished store of this dataset (complete, right shape and index)."""
+    """A finished store of this dataset (complete, right shape and index, every frame matching
+    its recorded checksum)."""
     if not path.exists():
         return False
     try:
         seq = open_sequence(path)
+        if seq.shape != (config.frames, *(config.size,) * 3) or seq.attrs.get("index") != index:
+            return False
+        seq.verify()
     except SequenceFormatError:
         return False
-    return seq.shape == (config.frames, *(config.size,) * 3) and seq.attrs.get("index") == index
+    return True
 
 
 # --------------------------------------------------------------------------- dataset.json
@@ -389,6 +407,12 @@ def generate_dataset(
         raise ValueError(f"shard={shard!r} must be (i, n) with 0 <= i < n: e.g. shard=(0, 4)")
     if workers < 1:
         raise ValueError(f"workers={workers}: use at least 1 process")
+    from napari_chflow.memory import check_memory, dataset_bytes
+
+    processes = max(1, min(workers, len(range(i, config.n_seq, n))))
+    check_memory(dataset_bytes(config.size, config.solver, processes),
+                 f"a dataset of {config.size}^3 boxes with {processes} worker(s)", device,
+                 fix="use a smaller size or fewer workers")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_or_check_manifest(out_dir, config)
@@ -435,7 +459,8 @@ def generate_dataset(
         else:
             ctx = multiprocessing.get_context("spawn")
             with cf.ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx,
-                                        initializer=_init_worker) as pool:
+                                        initializer=_init_worker,
+                                        initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(_generate_one, out_dir, config, k, split_of(k), device)
                            for k in todo]
                 try:

@@ -4,7 +4,13 @@ A *sequence store* is a zarr array ``(T, Z, Y, X) float32`` in a folder (``run.z
 one frame per chunk, whose attributes hold the physics (``tau``, ``eps``, ``mobility``, ``dt``,
 ``solver``), the initial-condition parameters (``seed``, a free-form dict), the package
 ``version`` and the bookkeeping written here: ``chflow_format`` (marks the store as ours),
-``complete`` and ``n_frames`` (set when the writer closes, so truncated stores are detected).
+``complete`` and ``n_frames`` (set when the writer closes, so truncated stores are detected),
+``frame_sha256`` (a checksum of each frame's float32 bytes, so corrupted chunks are detected) and
+``interrupted`` (set when a run stopped before its end: such a store is never ``complete``).
+
+Overwriting is atomic: a new store replacing an existing one is written beside it
+(``<name>.partial-<pid>``) and swapped in only once complete, so a kill or an error mid-run keeps
+the previous result.
 
 Stores are written in zarr format 2, which both zarr-python 2.16+ and 3.x read and write.
 """
@@ -12,6 +18,7 @@ Stores are written in zarr format 2, which both zarr-python 2.16+ and 3.x read a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import math
@@ -30,7 +37,7 @@ from napari_chflow import __version__
 
 FORMAT = 1
 FORMAT_KEY = "chflow_format"
-RESERVED_ATTRS = (FORMAT_KEY, "complete", "n_frames", "version")
+RESERVED_ATTRS = (FORMAT_KEY, "complete", "n_frames", "version", "frame_sha256", "interrupted")
 STANDARD_ATTRS = ("tau", "eps", "mobility", "dt", "solver", "seed")
 _ZARR3 = int(zarr.__version__.split(".")[0]) >= 3
 
@@ -43,10 +50,13 @@ __all__ = [
     "open_sequence",
     "read_sequence",
     "is_sequence_store",
+    "frame_checksum",
     "atomic_dir",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "file_sha256",
+    "portable_path",
 ]
 
 
@@ -94,6 +104,46 @@ def partial_path(path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.name}.partial-{os.getpid()}")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _remove_stale_siblings(path: Path) -> None:
+    """Remove ``<name>.partial-<pid>`` / ``<name>.old-<pid>-*`` left beside ``path`` by a killed
+    process (its pid no longer runs); those of running processes are left alone."""
+    if not path.parent.is_dir():
+        return
+    prefix = f"{path.name}."
+    for sibling in path.parent.iterdir():
+        rest = sibling.name[len(prefix):] if sibling.name.startswith(prefix) else ""
+        kind, _, tail = rest.partition("-")
+        pid = tail.split("-")[0]
+        if kind in ("partial", "old") and pid.isdigit() and int(pid) != os.getpid() \
+                and not _pid_alive(int(pid)):
+            _remove(sibling)
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Put the finished folder ``tmp`` at ``path``, replacing what is there; the old content is
+    moved aside first and deleted only after the rename, so ``path`` always holds one whole
+    version."""
+    _fsync_tree(tmp)
+    old = None
+    if path.exists() or path.is_symlink():
+        old = path.with_name(f"{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _fsync_path(path.parent, directory=True)
+    if old is not None:
+        _remove(old)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Build a folder atomically: yield ``<path>.partial-<pid>`` to write into; on success it is
@@ -105,20 +155,13 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         raise FileExistsError(f"{path} already exists: pass overwrite=True to replace it")
     tmp = partial_path(path)
     _remove(tmp)
+    _remove_stale_siblings(path)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield tmp
         if not tmp.is_dir():
             raise FileNotFoundError(f"atomic_dir: nothing was written to {tmp}")
-        _fsync_tree(tmp)
-        old = None
-        if path.exists():
-            old = path.with_name(f"{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        _fsync_path(path.parent, directory=True)
-        if old is not None:
-            _remove(old)
+        _swap_in(tmp, path)
     except BaseException:
         _remove(tmp)
         raise
@@ -144,6 +187,44 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], Any]) -> Pa
         _remove(tmp)
         raise
     return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def portable_path(path: str | os.PathLike | None, root: str | os.PathLike | None = None,
+                  digest: bool = True, sha256: str | None = None) -> str:
+    """How a report records ``path`` so that it means something on another machine: relative
+    to the project ``root`` (default: the folder holding this package's source checkout, else
+    the working directory) when inside it, else the file name with its sha256 (first 16 hex
+    digits; of the file if it is here, else the recorded ``sha256``; left out with
+    ``digest=False``). Names that are not paths (``"default"``) come back unchanged."""
+    if path is None:
+        return "none"
+    text = os.fspath(path)
+    p = Path(text).expanduser()
+    if not p.is_absolute() and not p.exists():
+        return text  # a relative name or a model name: already portable
+    root = Path(root) if root is not None else _project_root()
+    try:
+        return p.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        pass
+    if digest and p.is_file():
+        sha256 = file_sha256(p)
+    return f"{p.name} (sha256 {sha256[:16]})" if digest and sha256 else p.name
+
+
+def _project_root() -> Path:
+    """The source checkout holding this package (it has a pyproject.toml), else the cwd."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "pyproject.toml").is_file() else Path.cwd()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -211,7 +292,8 @@ def _update_attrs(arr, attrs: dict[str, Any]) -> None:
 
 
 def _check_free(path: Path, overwrite: bool) -> None:
-    """Raise if ``path`` exists (unless ``overwrite``); never delete a folder that isn't zarr."""
+    """Raise if ``path`` exists (unless ``overwrite``); ``overwrite`` replaces only a chflow
+    sequence store (or an empty folder), never a file, another folder or someone else's zarr."""
     if not (path.exists() or path.is_symlink()):
         return
     if not overwrite:
@@ -219,11 +301,24 @@ def _check_free(path: Path, overwrite: bool) -> None:
             f"{path} already exists: pass overwrite=True (CLI: --overwrite) to replace it, "
             "or choose another output path"
         )
-    if path.is_dir() and any(path.iterdir()) and _zarr_kind(path) is None:
+    if not path.is_dir():
         raise SequenceExistsError(
-            f"{path} is a non-empty folder that is not a zarr store; refusing to overwrite it: "
-            "choose an output path ending in .zarr"
+            f"{path} is a file, not a chflow sequence store; refusing to overwrite it: choose "
+            "an output path ending in .zarr (or delete the file yourself)"
         )
+    if any(path.iterdir()) and not is_sequence_store(path):
+        what = "a zarr store" if _zarr_kind(path) else "a non-empty folder"
+        raise SequenceExistsError(
+            f"{path} is {what} that is not a chflow sequence; refusing to overwrite it: "
+            "choose another output path ending in .zarr"
+        )
+
+
+def frame_checksum(frame: np.ndarray) -> str:
+    """sha256 (hex) of a frame's float32 little-endian bytes in C order: what is recorded in a
+    store's ``frame_sha256`` when the frame is written and compared when it is read."""
+    data = np.ascontiguousarray(frame, dtype="<f4")
+    return hashlib.sha256(memoryview(data).cast("B")).hexdigest()
 
 
 # --------------------------------------------------------------------------- writing
@@ -232,8 +327,11 @@ def _check_free(path: Path, overwrite: bool) -> None:
 class SequenceWriter:
     """Stream frames ``(Z, Y, X)`` into a new sequence store at ``path``, growing T by one per
     :meth:`append`. :meth:`close` marks the store complete; if the writer is never closed (crash,
-    kill) or the ``with`` block raises, the store stays incomplete and :func:`open_sequence`
-    refuses it. One thread should own a writer (e.g. a GUI worker thread).
+    kill) or the ``with`` block raises, the store stays incomplete (marked ``interrupted``) and
+    :func:`open_sequence` refuses it. With ``overwrite=True`` an existing store is replaced only
+    by a complete one: the frames go to a sibling folder swapped in by :meth:`close`, and an
+    interrupted run leaves the old store as it was. One thread should own a writer (e.g. a GUI
+    worker thread).
     """
 
     def __init__(
@@ -250,11 +348,15 @@ class SequenceWriter:
         self.frame_shape = frame_shape
         user = _user_attrs(attrs)
         _check_free(self.path, overwrite)
-        _remove(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.replacing = self.path.exists() or self.path.is_symlink()
+        self._target = partial_path(self.path) if self.replacing else self.path
+        _remove(self._target)
+        _remove_stale_siblings(self.path)
+        self._target.parent.mkdir(parents=True, exist_ok=True)
         meta = {**user, FORMAT_KEY: FORMAT, "version": __version__}
         meta.update(complete=False, n_frames=None)
-        self._arr = _create_array(self.path, frame_shape, meta)
+        self._arr = _create_array(self._target, frame_shape, meta)
+        self._sums: list[str] = []
         self.n_frames = 0
         self.closed = False
 
@@ -272,6 +374,7 @@ class SequenceWriter:
         t = self.n_frames
         self._arr.resize((t + 1, *self.frame_shape))
         self._arr[t] = frame
+        self._sums.append(frame_checksum(frame))
         self.n_frames = t + 1
 
     def __len__(self) -> int:
@@ -282,10 +385,29 @@ class SequenceWriter:
         _update_attrs(self._arr, _user_attrs(attrs))
 
     def close(self) -> None:
-        """Mark the store complete with its current frame count (idempotent)."""
+        """Mark the store complete with its current frame count and put it at ``path``
+        (replacing the old store when overwriting); idempotent."""
         if not self.closed:
-            _update_attrs(self._arr, {"complete": True, "n_frames": self.n_frames})
+            _update_attrs(self._arr, {"complete": True, "n_frames": self.n_frames,
+                                      "frame_sha256": self._sums})
             self.closed = True
+            if self.replacing:
+                _swap_in(self._target, self.path)
+
+    def close_interrupted(self) -> bool:
+        """End a run that stopped before its end (Ctrl-C, an error). A new store keeps its frames,
+        marked ``interrupted`` and never ``complete`` (:func:`open_sequence` refuses it unless
+        ``allow_incomplete=True``); when overwriting, the unfinished frames are dropped and the
+        old store stays. Returns whether the frames were kept at ``path``."""
+        if self.closed:
+            return False
+        self.closed = True
+        if self.replacing:
+            _remove(self._target)
+            return False
+        _update_attrs(self._arr, {"interrupted": True, "n_frames": self.n_frames,
+                                  "frame_sha256": self._sums})
+        return True
 
     def __enter__(self) -> SequenceWriter:
         return self
@@ -293,8 +415,8 @@ class SequenceWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        else:
-            self.closed = True  # leave it incomplete: a failed write must not look finished
+        else:  # a failed write must not look finished, nor replace a finished one
+            self.close_interrupted()
 
 
 def write_sequence(
@@ -397,9 +519,55 @@ class Sequence:
     def shape(self) -> tuple[int, int, int, int]:
         return tuple(self.phi.shape)
 
-    def frame(self, t: int) -> np.ndarray:
-        """Frame ``t`` as a ``(Z, Y, X) float32`` numpy array."""
-        return np.asarray(self.phi[t], dtype=np.float32)
+    def frame(self, t: int, verify: bool = True) -> np.ndarray:
+        """Frame ``t`` as a ``(Z, Y, X) float32`` numpy array, checked against its recorded
+        checksum (``verify``; stores written before checksums existed are not checked)."""
+        n = len(self)
+        if not -n <= t < n:
+            raise IndexError(f"frame {t} is outside 0..{n - 1} of {self.path}")
+        t = t % n
+        frame = _decode(self, lambda: np.asarray(self.phi[t], dtype=np.float32), f"frame {t}")
+        if verify:
+            self._check_frame(t, frame)
+        return frame
+
+    def frames(self, verify: bool = True) -> np.ndarray:
+        """All frames ``(T, Z, Y, X) float32``, each checked against its recorded checksum."""
+        phi = _decode(self, lambda: np.asarray(self.phi[...], dtype=np.float32), "its frames")
+        if verify:
+            for t in range(len(phi)):
+                self._check_frame(t, phi[t])
+        return phi
+
+    def verify(self) -> None:
+        """Read every frame and compare it with its recorded checksum (one frame in memory at a
+        time); raise :class:`SequenceFormatError` naming the first bad frame."""
+        for t in range(len(self)):
+            self.frame(t)
+
+    def _check_frame(self, t: int, frame: np.ndarray) -> None:
+        sums = self.attrs.get("frame_sha256")
+        if not isinstance(sums, list) or t >= len(sums):
+            return
+        if frame_checksum(frame) != sums[t]:
+            raise SequenceFormatError(
+                f"{self.path}: frame {t} does not match its recorded checksum (the store was "
+                "corrupted or edited on disk): regenerate it"
+            )
+
+
+def _decode(seq: Sequence, read: Callable[[], np.ndarray], what: str) -> np.ndarray:
+    """``read()``, with a failure to decode a chunk reported as :class:`SequenceFormatError`."""
+    try:
+        return read()
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # zarr / numcodecs raise many types for damaged chunks
+        detail = (str(err).strip().splitlines() or [""])[0][:120]
+        raise SequenceFormatError(
+            f"{seq.path}: {what} cannot be decoded ({type(err).__name__}: {detail}): a chunk "
+            "file is damaged; regenerate the store"
+        ) from None
 
 
 def open_sequence(path: str | os.PathLike, allow_incomplete: bool = False) -> Sequence:
@@ -456,6 +624,11 @@ def open_sequence(path: str | os.PathLike, allow_incomplete: bool = False) -> Se
 def _check_complete(path: Path, arr, attrs: dict) -> None:
     t = int(arr.shape[0])
     salvage = "or open_sequence(path, allow_incomplete=True) to read what is there"
+    if attrs.get("interrupted"):
+        raise SequenceFormatError(
+            f"{path} is incomplete: the run was interrupted after {t} frame(s), before its end: "
+            f"rerun it with overwrite=True (CLI: --overwrite), {salvage}"
+        )
     if not attrs.get("complete"):
         raise SequenceFormatError(
             f"{path} is incomplete: its writer never finished ({t} frames written): rerun the "
@@ -483,6 +656,7 @@ def _check_complete(path: Path, arr, attrs: dict) -> None:
 
 
 def read_sequence(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
-    """Load a whole sequence: ``(phi (T, Z, Y, X) float32, attrs)``."""
+    """Load a whole sequence: ``(phi (T, Z, Y, X) float32, attrs)``, every frame checked against
+    its recorded checksum (:class:`SequenceFormatError` if one was corrupted)."""
     seq = open_sequence(path)
-    return np.asarray(seq.phi[...], dtype=np.float32), seq.attrs
+    return seq.frames(), seq.attrs

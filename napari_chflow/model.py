@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import importlib.resources
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,9 +40,12 @@ from torch import nn
 from . import __version__
 from .io import atomic_write
 from .physics import (
+    BLOWUP_RANGE,
     EPS,
     MOBILITY,
     TAU,
+    blowup_text,
+    check_phi_range,
     explicit_dt_limit,
     free_energy_parts,
     gradient_flow_step,
@@ -53,6 +57,7 @@ FORMAT_VERSION = 1
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 COARSE_MODES = ("nearest", "mean")
 GUARD_DT_FRACTION = 0.6
+GUARD_MAX = 1000
 """Default energy-guard step as a fraction of the explicit stability bound on the model grid."""
 
 
@@ -61,7 +66,8 @@ class CheckpointError(ValueError):
 
 
 class RolloutDiverged(RuntimeError):
-    """phi became NaN/inf at frame ``step``; ``frames`` holds the finite frames before it."""
+    """phi became NaN/inf or blew up (left ``physics.BLOWUP_RANGE``) at frame ``step``;
+    ``frames`` holds the frames before it."""
 
     def __init__(self, message: str, frames: list[np.ndarray], step: int):
         super().__init__(message)
@@ -393,8 +399,9 @@ def _as_volumes(a, name: str, ndim: int) -> np.ndarray:
         axes = "(Z, Y, X)" if ndim == 3 else "(W, Z, Y, X)"
         hint = "a single volume, e.g. seq[0]" if ndim == 3 else "a stack of frames, e.g. seq[:k]"
         raise ValueError(f"{name} must be a {ndim}D array {axes}, got shape {a.shape}: pass {hint}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} contains NaN or inf: replace them (e.g. np.nan_to_num) first")
+    if a.size == 0:
+        raise ValueError(f"{name} has an empty axis, shape {a.shape}: pass a non-empty volume")
+    check_phi_range(a, name)
     return a
 
 
@@ -426,8 +433,14 @@ def iter_rollout(model: CRNN, phi0, n_tau: int, warmup=None, device=None, upsamp
         warm = to_model_grid(warm, model.info)
     if autocast is not None and autocast not in AUTOCAST:
         raise ValueError(f"unknown autocast {autocast!r}: use None, 'bf16' or 'fp16'")
+    from .memory import check_memory, rollout_bytes
+
+    cfg = model.config
+    dev = resolve_device(device) if device is not None else next(model.parameters()).device
+    check_memory(rollout_bytes(phi0.shape, cfg.hidden, cfg.n_layers, f),
+                 f"a CRNN rollout on a {'x'.join(map(str, phi0.shape))} grid", dev)
     if device is not None:
-        model.to(resolve_device(device))
+        model.to(dev)
     return _frames(model, start, int(n_tau), warm, f if upsample else 1, autocast)
 
 
@@ -452,10 +465,11 @@ def _frames(model: CRNN, start: np.ndarray, n_tau: int, warm: np.ndarray | None,
     for k in range(1, n_tau + 1):
         with torch.inference_mode():
             phi, hidden = model.step(phi, hidden, autocast)
-            finite = bool(torch.isfinite(phi).all())
-        if not finite:
+            lo, hi = (float(v) for v in torch.aminmax(phi))  # NaN propagates
+        if not (BLOWUP_RANGE[0] <= lo and hi <= BLOWUP_RANGE[1]):
             raise RolloutDiverged(
-                f"CRNN rollout diverged (NaN/inf) at frame {k} (t={k * model.info.tau:g}): use "
+                f"CRNN rollout diverged at frame {k} (t={k * model.info.tau:g}): "
+                f"{blowup_text(lo, hi)}: use "
                 "autocast=None (float32), an input phi within the training range [0, 1], or the "
                 "physics solver", [last], k)
         last = emit(phi)
@@ -551,19 +565,77 @@ def model_from_payload(payload, source: str = "checkpoint") -> CRNN:
             or _digest(state) != payload["sha256"]):
         raise fail("weights fail the sha256 integrity check (corrupted or edited)",
                    "re-download or re-save it")
+    problem = _header_problem(payload)
+    if problem:
+        raise fail(f"records {problem}", "re-save it with save_checkpoint or retrain")
+    another = ("load it with the napari-chflow that wrote it "
+               f"(v{payload['version']}) or retrain")
+    kwargs = dict(tau=payload["tau"], eps=payload["eps"], mobility=payload["mobility"],
+                  downscale=payload["downscale"], recipe=payload["recipe"], data=payload["data"],
+                  version=payload["version"], coarse=payload.get("coarse", "nearest"),
+                  guard_iters=payload.get("guard_iters", 0), guard_dt=payload.get("guard_dt"))
     try:
         config = CRNNConfig(**payload["config"])
-        model = CRNN(config, tau=payload["tau"], eps=payload["eps"], mobility=payload["mobility"],
-                     downscale=payload["downscale"], recipe=payload["recipe"], data=payload["data"],
-                     version=payload["version"], coarse=payload.get("coarse", "nearest"),
-                     guard_iters=payload.get("guard_iters", 0), guard_dt=payload.get("guard_dt"))
-        model.load_state_dict(state, strict=True)
+        with torch.device("meta"):  # shapes only: nothing is allocated before they match
+            skeleton = CRNN(config, **kwargs)
     except (TypeError, ValueError, RuntimeError) as e:
         detail = str(e).strip().splitlines()[0][:300]
-        raise fail(f"was built for another architecture ({detail})", "load it with the "
-                   f"napari-chflow that wrote it (v{payload['version']}) or retrain") from None
+        raise fail(f"was built for another architecture ({detail})", another) from None
+    mismatch = _shape_mismatch(skeleton.state_dict(), state)
+    if mismatch:
+        raise fail(f"was built for another architecture ({mismatch})", another)
+    model = CRNN(config, **kwargs)
+    model.load_state_dict(state, strict=True)
     model.extra = payload.get("extra") or {}
     return model
+
+
+CONFIG_BOUNDS = {"hidden": (1, 256), "n_layers": (1, 16), "kernel": (1, 15)}
+"""Architectures a checkpoint may describe (the paper's: hidden 10, 2 layers, kernel 3)."""
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _header_problem(payload: dict) -> str | None:
+    """What is wrong with a checkpoint's physics, grid factor and architecture, or None."""
+    for name in ("tau", "eps", "mobility"):
+        value = payload[name]
+        if not (_number(value) and np.isfinite(value) and value > 0):
+            return f"a non-physical {name} = {value!r} (it must be a positive number)"
+    d = payload["downscale"]
+    if not (isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 16):
+        return f"downscale = {d!r} (it must be an integer from 1 to 16)"
+    guard = payload.get("guard_iters", 0)
+    if not (isinstance(guard, int) and not isinstance(guard, bool) and 0 <= guard <= GUARD_MAX):
+        return f"guard_iters = {guard!r} (it must be an integer from 0 to {GUARD_MAX})"
+    config = payload["config"]
+    if not isinstance(config, dict):
+        return f"an architecture of type {type(config).__name__} (it must be a dict)"
+    for name, (lo, hi) in CONFIG_BOUNDS.items():
+        value = config.get(name)
+        if name in config and not (isinstance(value, int) and not isinstance(value, bool)
+                                   and lo <= value <= hi):
+            return f"an architecture with {name} = {value!r} (supported: {lo} to {hi})"
+    return None
+
+
+def _shape_mismatch(expected: dict, state: dict) -> str | None:
+    """The first difference between the weights a model expects and a checkpoint's, or None."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        names = ", ".join((missing + unexpected)[:3])
+        return f"{len(missing)} missing and {len(unexpected)} unexpected weights, e.g. {names}"
+    for name, want in expected.items():
+        got = state[name]
+        if tuple(got.shape) != tuple(want.shape):
+            return (f"{name} has shape {tuple(got.shape)}, the architecture needs "
+                    f"{tuple(want.shape)}")
+        if not got.is_floating_point():
+            return f"{name} holds {got.dtype} values, not floating point"
+    return None
 
 
 def save_checkpoint(path, model: CRNN, *, recipe: dict, data: dict,
@@ -585,12 +657,23 @@ def load_checkpoint(path, device=None) -> CRNN:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, text file, unsafe pickle, ...
-        detail = (str(e).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(
-            f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {detail}); the file is "
-            "truncated, corrupted or not a napari-chflow checkpoint: re-save or re-download it"
-        ) from None
+        raise CheckpointError(_load_failure(path, e)) from None
     return model_from_payload(payload, str(path)).to(resolve_device(device)).eval()
+
+
+def _load_failure(path: Path, err: Exception) -> str:
+    """One line on why ``torch.load(weights_only=True)`` refused ``path``. Torch's own text is not
+    quoted: it suggests turning the safe loading off, which would run code hidden in the file."""
+    text = str(err)
+    if "weights only" in text.lower() or "weights_only" in text or "GLOBAL" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({found[1]})" if found else ""
+        return (f"{path}: refused: it holds Python objects{what} that a safe load does not run, so "
+                "it is not a napari-chflow checkpoint (those hold only tensors, numbers and text): "
+                "use a checkpoint written by napari-chflow, e.g. by `chflow train`")
+    detail = (text.strip().splitlines() or [""])[0][:200]
+    return (f"{path}: cannot be read as a checkpoint ({type(err).__name__}: {detail}); the file "
+            "is truncated, corrupted or not a napari-chflow checkpoint: re-save or re-download it")
 
 
 def _resources():

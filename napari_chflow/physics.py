@@ -31,10 +31,16 @@ TAU = 0.5
 EXPLICIT_DT = 1.25e-3
 SPECTRAL_DT = 0.125
 SOLVERS = ("explicit", "spectral")
+PHI_RANGE = (-0.5, 1.5)
+"""Initial conditions must lie in this range: phi is a phase fraction, 0 and 1 the two phases
+(runs overshoot [0, 1] by a few percent; data in other units, e.g. percent, must be rescaled)."""
+BLOWUP_RANGE = (-2.0, 3.0)
+"""A run whose phi leaves this range has blown up (no stable scheme gets there from PHI_RANGE)."""
 
 
 class SimulationDiverged(RuntimeError):
-    """phi became NaN/inf; ``frames`` holds the frames produced before, ``step`` the time step."""
+    """phi became NaN/inf or blew up (left :data:`BLOWUP_RANGE`); ``frames`` holds the frames
+    produced before, ``step`` the time step."""
 
     def __init__(self, message: str, frames: list[np.ndarray], step: int):
         super().__init__(message)
@@ -53,15 +59,32 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def check_phi_range(phi: np.ndarray | torch.Tensor, name: str = "phi") -> None:
+    """Raise ``ValueError`` naming the span of ``phi`` if it leaves :data:`PHI_RANGE` (e.g.
+    percent data, 0..100, or the -1..1 convention) or holds NaN/inf."""
+    if isinstance(phi, torch.Tensor):
+        lo, hi = (float(v) for v in torch.aminmax(phi.detach()))
+    else:
+        lo, hi = float(np.min(phi)), float(np.max(phi))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{name} contains NaN or inf: replace them (e.g. np.nan_to_num) first")
+    if lo < PHI_RANGE[0] or hi > PHI_RANGE[1]:
+        raise ValueError(
+            f"{name} spans {lo:.4g}..{hi:.4g}, outside the range of the model (0 and 1 are the two "
+            "phases): rescale it to [0, 1], e.g. (phi - min) / (max - min)"
+        )
+
+
 def _validate_phi(phi: np.ndarray | torch.Tensor) -> None:
     if phi.ndim != 3:
         raise ValueError(
             f"phi must be a 3D array (Z, Y, X), got shape {tuple(phi.shape)}: "
             "pass a single volume, e.g. phi[0] for the first frame of a sequence"
         )
-    finite = torch.isfinite(phi).all() if isinstance(phi, torch.Tensor) else np.isfinite(phi).all()
-    if not bool(finite):
-        raise ValueError("phi contains NaN or inf: replace them (e.g. np.nan_to_num) before simulating")
+    if min(phi.shape) < 1:
+        raise ValueError(f"phi has an empty axis, shape {tuple(phi.shape)}: "
+                         "pass a non-empty volume")
+    check_phi_range(phi)
 
 
 def _as_tensor(phi, dtype=None, device=None) -> torch.Tensor:
@@ -191,8 +214,13 @@ class _Run:
 def _plan(solver: str, tau: float, eps: float, mobility: float, dt: float | None, force: bool) -> _Run:
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}: use one of {', '.join(SOLVERS)}")
-    if eps <= 0 or mobility <= 0 or tau <= 0:
-        raise ValueError("eps, mobility and tau must be positive: check the model parameters")
+    for name, value in (("tau", tau), ("eps", eps), ("mobility", mobility)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name}={value!r}: use a positive finite number (the paper: tau = "
+                             f"{TAU}, eps = {EPS}, mobility = {MOBILITY})")
+    if dt is not None and not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+        raise ValueError(f"dt={dt!r}: use a positive finite time step (default {EXPLICIT_DT} "
+                         f"explicit, {SPECTRAL_DT} spectral)")
     if dt is None:
         dt = EXPLICIT_DT if solver == "explicit" else SPECTRAL_DT
     dt = min(dt, tau)
@@ -370,36 +398,66 @@ def iter_simulate(
 ) -> Iterator[np.ndarray]:
     """Yield ``n_tau + 1`` frames ``(Z, Y, X)`` (numpy, ``dtype``) spaced by ``tau``: first
     ``phi0``, then one per ``tau`` of evolution. Stop iterating to cancel; memory stays constant
-    however long the run. Raises :class:`SimulationDiverged` if phi becomes non-finite (its
-    ``frames`` holds the last finite frame; :func:`simulate` fills in all of them).
+    however long the run. Raises :class:`SimulationDiverged` if phi becomes non-finite or blows
+    up (leaves :data:`BLOWUP_RANGE`; its ``frames`` holds the last good frame, :func:`simulate`
+    fills in all of them). Input errors (phi outside :data:`PHI_RANGE`, a bad dt, a grid that
+    does not fit in memory) raise ``ValueError`` at call time, before any frame.
     """
     _validate_phi(phi0)
-    if int(n_tau) != n_tau or n_tau < 0:
+    if not _count(n_tau):
         raise ValueError(f"n_tau must be a non-negative integer, got {n_tau!r}")
     run = _plan(solver, tau, eps, mobility, dt, force)
-    phi = _as_tensor(phi0, dtype=dtype, device=resolve_device(device)).clone().contiguous()
+    dev = resolve_device(device)
+    from .memory import check_memory, simulate_bytes
+
+    check_memory(simulate_bytes(phi0.shape, solver, torch.finfo(dtype).bits // 8),
+                 f"the {solver} solver on a {'x'.join(map(str, phi0.shape))} grid", dev)
+    return _simulate_frames(phi0, int(n_tau), run, dev, dtype, tau)
+
+
+def _simulate_frames(phi0, n_tau: int, run: _Run, dev: torch.device, dtype: torch.dtype,
+                     tau: float) -> Iterator[np.ndarray]:
+    solver = run.solver
+    phi = _as_tensor(phi0, dtype=dtype, device=dev).clone().contiguous()
     step = (_explicit_stepper if solver == "explicit" else _spectral_stepper)(phi, run)
     mass0 = phi.sum(dtype=torch.float64).item()
     frame = phi.detach().to("cpu").numpy().copy()
     yield frame
-    for i in range(int(n_tau)):
+    for i in range(n_tau):
         with torch.inference_mode():  # only around the work: never left on while suspended
             for _ in range(run.steps_per_tau):
                 step()
-            mass = phi.sum(dtype=torch.float64).item()  # non-finite iff some phi is (no overflow)
-            finite = math.isfinite(mass)
-            if finite:  # exact in exact arithmetic; remove float round-off drift (~1e-9 / step)
+            lo, hi = (float(v) for v in torch.aminmax(phi))  # NaN propagates
+            ok = BLOWUP_RANGE[0] <= lo and hi <= BLOWUP_RANGE[1]
+            if ok:  # exact in exact arithmetic; remove float round-off drift (~1e-9 / step)
+                mass = phi.sum(dtype=torch.float64).item()
                 phi.add_((mass0 - mass) / phi.numel())
-        if not finite:
+        if not ok:
             n = (i + 1) * run.steps_per_tau
             raise SimulationDiverged(
-                f"{solver} solver diverged (NaN/inf) by step {n} (t={(i + 1) * tau:g}, dt={run.dt:g}): "
-                "use a smaller dt or the default settings",
+                f"{solver} solver diverged by step {n} (t={(i + 1) * tau:g}, dt={run.dt:g}): "
+                f"{blowup_text(lo, hi)}: use a smaller dt or the default settings",
                 [frame],
                 n,
             )
         frame = phi.detach().to("cpu").numpy().copy()
         yield frame
+
+
+def _count(n) -> bool:
+    """Whether ``n`` is a non-negative whole number (3 and 3.0 are; -1, 2.5, nan, "3" are not)."""
+    try:
+        return int(n) == n and n >= 0
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def blowup_text(lo: float, hi: float) -> str:
+    """``"phi became NaN/inf"`` or ``"phi reached 1.3e+36, far outside [0, 1]"``."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "phi became NaN/inf"
+    worst = lo if (0.5 - lo) > (hi - 0.5) else hi
+    return f"phi reached {worst:.3g}, far outside [0, 1]"
 
 
 def simulate(

@@ -8,7 +8,6 @@ Sharp shapes get the equilibrium interface profile :func:`tanh_profile` across t
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 from pathlib import Path
@@ -56,7 +55,9 @@ class ChecksumError(SeedError):
 # validation helpers
 
 
-def _shape3(shape: Sequence[int]) -> tuple[int, int, int]:
+def _shape3(shape: Sequence[int], kind: str | None = None) -> tuple[int, int, int]:
+    """``shape`` as 3 positive ints; with ``kind`` ("perlin", "spheres", "slab", "mesh") also
+    checks that making that seed fits in the available memory."""
     try:
         dims = tuple(shape)
     except TypeError:
@@ -72,7 +73,12 @@ def _shape3(shape: Sequence[int]) -> tuple[int, int, int]:
             f"shape must be 3 positive integers (Z, Y, X), got {shape!r}; "
             "pass e.g. shape=(64, 64, 64)"
         )
-    return (int(dims[0]), int(dims[1]), int(dims[2]))
+    shape = (int(dims[0]), int(dims[1]), int(dims[2]))
+    if kind is not None:
+        from napari_chflow.memory import check_memory, seed_bytes
+
+        check_memory(seed_bytes(shape, kind), f"a {kind} seed of {'x'.join(map(str, shape))}")
+    return shape
 
 
 def _positive(name: str, value: float) -> float:
@@ -196,7 +202,7 @@ def perlin_noise(
     (``octaves = round(n / scale)``). ``layers > 1`` adds fractal layers: layer ``l`` has
     ``octaves * 2**l`` cells, weight ``0.5**l`` and package seed ``seed + 1 + l``.
     """
-    shape = _shape3(shape)
+    shape = _shape3(shape, "perlin")
     octs = _octaves3(shape, octaves, scale)
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SeedError(f"seed must be a non-negative integer, got {seed!r}; pass e.g. seed=0")
@@ -271,7 +277,7 @@ def spheres(
     ``centers`` is ``(n, 3)`` in ``(z, y, x)`` grid units, ``radii`` a number or ``(n,)``;
     distances use the periodic minimum image, so spheres crossing a face wrap around.
     """
-    shape = _shape3(shape)
+    shape = _shape3(shape, "spheres")
     centers = np.atleast_2d(np.asarray(centers, dtype=np.float64))
     if centers.ndim != 2 or centers.shape[1] != 3 or len(centers) == 0:
         raise SeedError(
@@ -322,7 +328,7 @@ def slab(
 ) -> np.ndarray:
     """A periodic slab ``phi ~ 1`` of ``width`` grid units normal to ``axis``, centred at
     ``center`` (default ``shape[axis] / 2``), with two tanh interfaces; ``(Z, Y, X) float32``."""
-    shape = _shape3(shape)
+    shape = _shape3(shape, "slab")
     if axis not in (0, 1, 2):
         raise SeedError(f"axis must be 0, 1 or 2 (Z, Y, X), got {axis!r}; pass e.g. axis=0")
     n = shape[axis]
@@ -580,7 +586,7 @@ def from_mesh(
     ``~3 eps`` away from the box faces. Voxels farther than ``3 eps`` from the mesh's bounding
     box count as outside.
     """
-    shape = _shape3(shape)
+    shape = _shape3(shape, "mesh")
     eps = _positive("eps", eps)
     fill = float(fill)
     if not 0.0 < fill <= 1.0:
@@ -622,11 +628,9 @@ _BUNNY_UPRIGHT = (90.0, 0.0, 0.0)
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from napari_chflow.io import file_sha256
+
+    return file_sha256(path)
 
 
 def _verified_bunny(path: Path) -> Path:
@@ -696,7 +700,7 @@ def stanford_bunny(
     ``rotation`` (Euler degrees or 3x3, see :func:`from_mesh`) is applied after that, e.g.
     ``(0, 0, 45)`` spins it about the vertical axis.
     """
-    shape = _shape3(shape)
+    shape = _shape3(shape, "mesh")
     source = path if path is not None else os.environ.get("CHFLOW_BUNNY_PATH") or None
     ply = _verified_bunny(Path(source)) if source is not None else _download_bunny()
     upright = _rotation_matrix(_BUNNY_UPRIGHT)

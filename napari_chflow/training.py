@@ -40,8 +40,21 @@ import torch
 import torch.distributed as dist
 
 from .dataset import load_dataset
-from .io import atomic_write, atomic_write_text, read_sequence
-from .model import COARSE_MODES, CRNN, CRNNConfig, downsample, load_checkpoint, save_checkpoint
+from .io import (
+    SequenceFormatError,
+    atomic_write,
+    atomic_write_text,
+    file_sha256,
+    read_sequence,
+)
+from .model import (
+    COARSE_MODES,
+    CRNN,
+    CRNNConfig,
+    downsample,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .physics import EPS, free_energy_parts, resolve_device
 from .plots import DRAW_LOCK
 
@@ -209,7 +222,11 @@ def load_sequences(paths: list, downscale: int = 2, frames: int | None = None,
     ``frames`` frames); ``(0,)`` for no paths."""
     seqs = []
     for path in paths:
-        phi = np.asarray(read_sequence(path)[0][:frames], dtype=np.float32)
+        try:
+            phi = np.asarray(read_sequence(path)[0][:frames], dtype=np.float32)
+        except SequenceFormatError as err:  # corrupted on disk: the dataset command redoes it
+            raise TrainingError(f"{err} (rerun the `chflow dataset` command that made this "
+                                "dataset: it regenerates damaged sequences)") from None
         seqs.append(torch.from_numpy(downsample(phi, downscale, coarse)))
     shapes = sorted({tuple(s.shape) for s in seqs})
     if len(shapes) > 1:
@@ -392,6 +409,25 @@ def _check(config: TrainConfig, stored: TrainConfig | None, n_train: int, n_val:
             raise TrainingError(message)
 
 
+def _check_training_memory(config: TrainConfig, data, device: torch.device) -> None:
+    """Refuse a run whose dataset or batch activations cannot fit, before loading anything."""
+    from .memory import check_memory, train_bytes
+
+    c = data.config
+    frames = min(c.frames, config.frames or c.frames)
+    held, batch = train_bytes(len(data.train) + len(data.val), frames, c.size, config.downscale,
+                              config.batch_size, config.model.hidden, config.model.n_layers,
+                              config.window)
+    fix = "use fewer frames or sequences, a smaller batch size or a larger downscale"
+    n = len(data.train) + len(data.val)
+    what = f"training on {n} sequences of {frames} frames at {c.size}^3"
+    if device.type == "cpu":
+        check_memory(held + batch, what, None, fix)
+    else:
+        check_memory(held, f"holding the dataset for {what}", None, fix)
+        check_memory(batch, f"a batch of {config.batch_size} for {what}", device, fix)
+
+
 def _write_logs(out: Path, history: list[dict]) -> None:
     """Rewrite ``metrics.jsonl`` and ``loss.png`` from the whole history (idempotent)."""
     from matplotlib.figure import Figure
@@ -429,7 +465,24 @@ def _initial_weights(model: CRNN, init: str | None) -> dict | None:
                 f"run's {getattr(ours, name)!r}: train on a dataset and recipe that match it, or "
                 "start from random weights (no --init)")
     model.load_state_dict(parent.state_dict())
-    return {"path": str(init), "recipe": theirs.recipe, "data": theirs.data}
+    return {"path": str(init), "sha256": file_sha256(init), "recipe": theirs.recipe,
+            "data": theirs.data}
+
+
+def _dataset_mismatch(stored: dict, data) -> str | None:
+    """Why the dataset ``data`` is not the one a stored run was trained on (its recorded
+    ``describe()``), or None. Same recipe and split = same data, wherever the folder is."""
+    now = data.describe()
+    keys = ("config", "train_indices", "val_indices")
+    if not stored or not all(k in stored for k in keys):
+        return None  # a run from before datasets were recorded: nothing to compare
+    if all(stored[k] == now[k] for k in keys):
+        return None
+    old_cfg, new_cfg = stored["config"], now["config"]
+    diff = [f"{k}={old_cfg.get(k)!r} vs {new_cfg.get(k)!r}" for k in new_cfg
+            if old_cfg.get(k) != new_cfg.get(k)][:4]
+    return (f"it was trained on the dataset {stored.get('path')}, not {now['path']} ("
+            + (", ".join(diff) if diff else "same settings, different train/val split") + ")")
 
 
 @torch.no_grad()
@@ -515,6 +568,11 @@ def train(
             raise TrainingError(f"coarse={config.coarse!r}: use one of {', '.join(COARSE_MODES)} "
                                 "(--coarse)")
         data = load_dataset(dataset_dir)
+        mismatch = _dataset_mismatch(resumed.info.data, data) if resumed is not None else None
+        if mismatch:
+            raise TrainingError(f"cannot resume the run in {out}: {mismatch}: resume with its "
+                                "dataset, or train on this one into a new output folder")
+        _check_training_memory(config, data, ranks.device)
         train_set = load_sequences(data.train, config.downscale, config.frames, config.coarse)
         val_set = load_sequences(data.val, config.downscale, config.frames, config.coarse)
         n_frames = train_set.shape[1] if train_set.ndim == 5 else 0

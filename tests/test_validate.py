@@ -12,7 +12,8 @@ import torch
 
 from napari_chflow import physics
 from napari_chflow.dataset import DatasetConfig, sequence_params
-from napari_chflow.model import CRNN, downsample, upsample
+from napari_chflow.io import file_sha256
+from napari_chflow.model import CRNN, downsample, save_checkpoint, upsample
 from napari_chflow.validation import (
     MAX_PNG_BYTES,
     Check,
@@ -121,9 +122,14 @@ def test_tiny_report_has_every_section_small_figures_and_flags_an_untrained_mode
     model = CRNN()  # untrained: phi barely moves, so F/V does not decay as the solver's does
     cfg = replace(preset("tiny"), time_factors=(2, 10), coarsen_n_tau=40, bench_sizes=(8, 12),
                   memory=False, n_record=12, bunny_path=str(bunny_path), threads=1)
+    ckpt = save_checkpoint(tmp_path / "untrained.pt", model, recipe={}, data={})
     report = validate(model, cfg, out_dir=tmp_path, command="chflow validate --scale tiny",
-                      progress=False)
+                      model_source=str(ckpt), progress=False)
     text = report.read_text()
+    # no path of this machine: files outside the project appear as name and sha256
+    assert str(tmp_path) not in text and str(bunny_path.parent) not in text
+    assert f"untrained.pt (sha256 {file_sha256(ckpt)[:16]})" in text
+    assert f"bun_zipper_res3.ply (sha256 {file_sha256(bunny_path)[:16]})" in text
     assert report == tmp_path / "validation.md"
     for title in SECTIONS:
         assert title in text

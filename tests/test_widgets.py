@@ -373,16 +373,19 @@ def test_seed_from_the_current_frame_of_a_sequence(make_napari_viewer, qtbot, pe
 
 
 def test_diverged_run_is_reported_and_keeps_its_frames(make_napari_viewer, qtbot, notes,
-                                                        tiny_checkpoint):
+                                                        perlin16, tmp_path):
     viewer = make_napari_viewer()
-    wild = np.full((16, 16, 16), 40.0, np.float32)  # far outside [0, 1]: explicit Euler blows up
-    wild[::2] = -40.0
-    evolve, _ = _evolve(viewer, wild, tiny_checkpoint, n_tau=3, solver="explicit")
+    torch.manual_seed(0)
+    model = CRNN(CRNNConfig(hidden=2, n_layers=1))
+    with torch.no_grad():  # a broken model: its first step is NaN (an IC outside [0, 1] is
+        model.to_flux[-1].weight.fill_(float("nan"))  # refused before running, not diverged)
+    broken = save_checkpoint(tmp_path / "broken.pt", model, recipe={}, data={})
+    evolve, _ = _evolve(viewer, perlin16, broken, n_tau=3, solver="explicit")
     assert evolve.run()
     qtbot.waitUntil(lambda: not evolve.running, timeout=WAIT_MS)
     assert evolve.status == "failed" and "diverged" in _errors(notes)[-1]
     assert evolve.layers["solver"].data.shape[0] == evolve.n_frames >= 1
-    np.testing.assert_array_equal(evolve.layers["solver"].data[0], wild)
+    np.testing.assert_array_equal(evolve.layers["solver"].data[0], perlin16)
 
 
 def test_traces_from_two_sequence_layers(make_napari_viewer, qtbot, notes, perlin16):

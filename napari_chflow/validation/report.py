@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .. import physics
-from ..io import atomic_write_text
+from ..io import atomic_write_text, portable_path
 from ..training import best_epoch_number
 from .bunny import bunny
 from .checks import num, shortfalls, table
@@ -125,7 +125,9 @@ def render_report(sections: Sequence[Section], header: dict[str, str], command: 
 def validate(model, config: ValidationConfig | None = None, out_dir: str | Path = "docs",
              command: str | None = None, model_source: str = "", progress: bool = True) -> Path:
     """Run the seven experiments with ``model`` and write ``out_dir/validation.md`` and its figures
-    ``out_dir/validation/*.png``. Returns the report path."""
+    ``out_dir/validation/*.png``. Returns the report path. Paths in the report (model, bunny
+    mesh) are recorded relative to the project, or as file name and sha256
+    (:func:`napari_chflow.io.portable_path`)."""
     config = config or PRESETS["cpu"]
     physics.resolve_device(config.device)
     out = Path(out_dir)
@@ -146,10 +148,12 @@ def validate(model, config: ValidationConfig | None = None, out_dir: str | Path 
         ctx = Context(model, config, spec, fig_dir, log)
         header = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                   "command": f"`{command}`", **environment(config.device)}
-        header["model source"] = model_source or "model object"
+        header["model source"] = portable_path(model_source) if model_source else "model object"
         header.update(model_summary(model, spec))
+        settings = {**asdict(config), "bunny_path": portable_path(config.bunny_path)
+                    if config.bunny_path else None}
         header["scale preset"] = (
-            f"{config.scale}: " + ", ".join(f"{k}={v}" for k, v in asdict(config).items()
+            f"{config.scale}: " + ", ".join(f"{k}={v}" for k, v in settings.items()
                                             if k not in ("scale", "device", "threads")))
         header["ground truth"] = (f"{config.long_solver} solver for the long runs (1, 4, 5), "
                                   f"{config.short_solver} for the short ones (2, 3)")
