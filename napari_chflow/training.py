@@ -126,8 +126,8 @@ class TrainConfig:
     ``window``: each epoch every sequence contributes one window of ``window`` consecutive frames
     at a random start (None = the whole sequence), so long late-time sequences are sampled
     uniformly in time; ``bptt``: truncate backpropagation every ``bptt`` steps (0 = off);
-    ``energy_weight``, ``split_weight``, ``descent_weight``: weights of the free-energy terms
-    added to the voxel-wise MSE; ``guard_iters``: the model's energy guard
+    ``energy_weight``, ``split_weight``, ``descent_weight``, ``bounds_weight``: weights of the
+    free-energy and phi-range terms added to the voxel-wise MSE; ``guard_iters``: the model's energy guard
     (:meth:`napari_chflow.model.CRNN.guard`), on in training and in the saved model, 0 = off."""
 
     epochs: int = 100
@@ -150,6 +150,7 @@ class TrainConfig:
     energy_weight: float = 0.0
     split_weight: float = 0.0
     descent_weight: float = 0.0
+    bounds_weight: float = 0.0
     guard_iters: int = 0
     model: CRNNConfig = CRNNConfig()
 
@@ -244,6 +245,7 @@ class LossWeights:
     energy: float = 0.0
     split: float = 0.0
     descent: float = 0.0
+    bounds: float = 0.0
     spacing: float = 2.0
     eps: float = EPS
 
@@ -262,6 +264,8 @@ def loss_terms(pred: torch.Tensor, seq: torch.Tensor, spacing: float = 2.0,
     - ``descent``: mean over steps of ``relu(dF_pred/F_pred - dF/F)`` (relative change of F per
       step): zero while the prediction's F falls at least as fast as the truth's; penalises a
       stalled or rising free energy.
+    - ``bounds``: mean squared excursion of phi beyond the frame's true range widened to [0, 1]
+      (``relu(phi - max(1, max phi_true))^2`` and below): overshoots at interfaces.
     """
     parts = free_energy_parts(torch.cat([seq[:, :1], pred], 1), eps, spacing)  # (B, T, 2)
     true = free_energy_parts(seq, eps, spacing)
@@ -271,11 +275,15 @@ def loss_terms(pred: torch.Tensor, seq: torch.Tensor, spacing: float = 2.0,
     rel = (f[:, 1:] - f[:, :-1]) / f[:, :-1]
     rel_true = (f_true[:, 1:] - f_true[:, :-1]) / f_true[:, :-1]
     dims = tuple(range(1, seq.ndim))
+    frames = tuple(range(2, seq.ndim))
+    hi = seq[:, 1:].amax(dim=frames, keepdim=True).clamp(min=1.0)
+    lo = seq[:, 1:].amin(dim=frames, keepdim=True).clamp(max=0.0)
     return {
         "mse": ((pred - seq[:, 1:]) ** 2).mean(dim=dims),
         "energy": ((f[:, 1:] / f_true[:, 1:] - 1) ** 2).mean(1),
         "split": ((split[:, 1:] - split_true[:, 1:]) ** 2).mean(1),
         "descent": torch.relu(rel - rel_true).mean(1),
+        "bounds": (torch.relu(pred - hi) ** 2 + torch.relu(lo - pred) ** 2).mean(dim=dims),
     }
 
 
@@ -288,17 +296,18 @@ def sample_losses(model: torch.nn.Module, seq: torch.Tensor, n_gen: int,
     steps). The voxel-wise MSE plus the weighted free-energy terms of :func:`loss_terms`."""
     pred = model(seq[:, : seq.shape[1] - n_gen], n_gen, input_noise=input_noise,
                  detach_every=bptt)
-    if weights is None or not (weights.energy or weights.split or weights.descent):
+    if weights is None or not (weights.energy or weights.split or weights.descent
+                               or weights.bounds):
         return ((pred - seq[:, 1:]) ** 2).mean(dim=tuple(range(1, seq.ndim)))
     terms = loss_terms(pred, seq, weights.spacing, weights.eps)
     return (terms["mse"] + weights.energy * terms["energy"] + weights.split * terms["split"]
-            + weights.descent * terms["descent"])
+            + weights.descent * terms["descent"] + weights.bounds * terms["bounds"])
 
 
 def loss_weights(config: "TrainConfig", eps: float = EPS) -> LossWeights:
     """The :class:`LossWeights` of a training recipe."""
     return LossWeights(config.energy_weight, config.split_weight, config.descent_weight,
-                       float(config.downscale), float(eps))
+                       config.bounds_weight, float(config.downscale), float(eps))
 
 
 def split_windows(seqs: torch.Tensor, window: int) -> torch.Tensor:
@@ -396,8 +405,9 @@ def _check(config: TrainConfig, stored: TrainConfig | None, n_train: int, n_val:
         (config.bptt < 0, f"bptt={config.bptt}: use 0 (off) or a positive step count (--bptt)"),
         (config.guard_iters < 0, f"guard_iters={config.guard_iters}: use 0 (off) or a positive "
          "number of relaxation steps (--energy-guard)"),
-        (min(config.energy_weight, config.split_weight, config.descent_weight) < 0,
-         "loss weights must be >= 0: check --energy-weight, --split-weight, --descent-weight"),
+        (min(config.energy_weight, config.split_weight, config.descent_weight,
+             config.bounds_weight) < 0, "loss weights must be >= 0: check --energy-weight, "
+         "--split-weight, --descent-weight, --bounds-weight"),
         (config.lr_schedule not in LR_SCHEDULES, f"lr_schedule={config.lr_schedule!r}: use one "
          f"of {', '.join(LR_SCHEDULES)}"),
         (n_train == 0 or n_val == 0, f"the dataset has {n_train} training and {n_val} validation "
@@ -701,6 +711,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         f"(equilibrium interfaces: equipartition; default {d.split_weight:g})")
     add("--descent-weight", type=float, help="weight of the penalty on F falling slower than the "
         f"ground truth's, or rising (default {d.descent_weight:g})")
+    add("--bounds-weight", type=float, help="weight of the squared excursion of phi beyond "
+        f"[0, 1] (or the true range if wider; default {d.bounds_weight:g})")
     add("--energy-guard", dest="guard_iters", type=int, metavar="N",
         help="energy guard: after each CRNN step, up to N Cahn-Hilliard relaxation steps on the "
              "model grid while the free energy rose (in training and in the saved model; "

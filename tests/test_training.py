@@ -294,14 +294,19 @@ def test_loss_terms_vanish_on_the_truth_and_see_broadening_and_stalling(coarse_r
     frozen = coarse_run[:, :1].expand_as(coarse_run[:, 1:])
     stalled = loss_terms(frozen, coarse_run)
     assert float(stalled["descent"]) > 0 and float(stalled["mse"]) < 0.01
+    # overshoots beyond [0, 1] at the interfaces: only the bounds term sees them strongly
+    over = coarse_run[:, 1:] + 0.3 * (coarse_run[:, 1:] > 0.9)
+    assert float(loss_terms(over, coarse_run)["bounds"]) > 1e-3
+    assert float(loss_terms(coarse_run[:, 1:].clamp(0.02, 0.98), coarse_run)["bounds"]) == 0
     # the weighted sum is what training minimises
     model = CRNN_for_losses()
-    w = LossWeights(energy=2.0, split=3.0, descent=5.0)
+    w = LossWeights(energy=2.0, split=3.0, descent=5.0, bounds=7.0)
     with torch.no_grad():
         total = sample_losses(model, coarse_run, 4, weights=w)
         pred = model(coarse_run[:, :5], 4)
     parts = loss_terms(pred, coarse_run)
-    expected = parts["mse"] + 2 * parts["energy"] + 3 * parts["split"] + 5 * parts["descent"]
+    expected = (parts["mse"] + 2 * parts["energy"] + 3 * parts["split"] + 5 * parts["descent"]
+                + 7 * parts["bounds"])
     torch.testing.assert_close(total, expected)
 
 
@@ -341,6 +346,7 @@ def test_truncated_backprop_cuts_the_gradient_to_earlier_steps():
 def test_training_with_windows_energy_terms_and_guard(tiny_dataset, tmp_path):
     config = dataclasses.replace(CONFIG, epochs=2, curriculum_epochs=0, window=3, bptt=2,
                                  energy_weight=0.1, split_weight=0.1, descent_weight=1.0,
+                                 bounds_weight=1.0,
                                  coarse="mean", guard_iters=5)
     model = load_checkpoint(train(tiny_dataset, tmp_path, config, progress=False))
     assert (model.info.coarse, model.info.guard_iters) == ("mean", 5)
