@@ -34,6 +34,24 @@ Traces = Mapping[str, Mapping[str, np.ndarray]]
 DRAW_LOCK = threading.RLock()
 
 
+def readable_log_axis(axis) -> None:
+    """Tick labels of a log-scaled ``axis`` in plain numbers, at least two of them however
+    narrow the range: 1-2-5 ticks over a decade or more, else a few evenly spaced ones (F/V and
+    losses often span less than a decade, where plain log ticks leave a single label)."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    class Locator(LogLocator):
+        def tick_values(self, vmin, vmax):
+            lo, hi = sorted((vmin, vmax))
+            if lo > 0 and hi / lo < 10:
+                return MaxNLocator(nbins=3, min_n_ticks=2).tick_values(lo, hi)
+            return LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=6).tick_values(lo, hi)
+
+    axis.set_major_locator(Locator())
+    axis.set_major_formatter(FormatStrFormatter("%.3g"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def panel_lines(panel: str, traces: Traces) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
     """``(label, fmt, t, y)`` of every line of ``panel`` (one of :data:`TRACE_PANELS`), in order.
 
@@ -96,19 +114,8 @@ class _Panel:
         if self.fontsize is not None:
             ax.tick_params(labelsize=self.fontsize * 0.857, pad=2)
         if self.panel in LOG_PANELS and ax.get_yscale() == "log":
-            from matplotlib.ticker import (
-                FormatStrFormatter,
-                LogLocator,
-                MaxNLocator,
-                NullFormatter,
-            )
-
-            # plain numbers; t: 1-2-5 ticks; F/V spans less than a decade: 3 evenly spaced ticks
-            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            ax.yaxis.set_major_locator(MaxNLocator(nbins=3, min_n_ticks=2))
             for axis in (ax.xaxis, ax.yaxis):
-                axis.set_major_formatter(FormatStrFormatter("%g"))
-                axis.set_minor_formatter(NullFormatter())
+                readable_log_axis(axis)
         else:
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
             if self.fontsize is not None:
@@ -187,9 +194,9 @@ class TracePlot:
     def update(self, traces: Traces, t_mark: float | None = None) -> bool:
         """Show ``traces`` with a marker at time ``t_mark`` (None or <= 0: no marker); returns
         True when lines were (re)created."""
-        rebuilt = any([panel.update(traces, t_mark) for panel in self.panels])  # every panel
+        rebuilt = [panel.update(traces, t_mark) for panel in self.panels]  # every panel
         self._update_legend()
-        return rebuilt
+        return any(rebuilt)
 
     def _update_legend(self) -> None:
         handles = {}

@@ -423,7 +423,7 @@ def test_gui_thread_never_blocks_during_a_run(make_napari_viewer, qtbot, perlin3
                                               tiny_checkpoint, monkeypatch):
     """With the viewer on screen (napari renders the 3D scene on the GUI thread), every callback
     of the plugin during a 32^3 run of 21 frames, the Run click included, costs < 0.1 s of its
-    own (CPU, and < 0.2 s wall), napari's own work (renders, adding layers) separated; no
+    own (CPU; < 0.5 s wall), napari's own work (renders, adding layers) separated; no
     callback forces a render; the frame updates are coalesced; the plots are drawn in another
     thread; the final traces are shown when the run ends. A second run reuses the layers."""
     from napari_chflow.widgets import _common
@@ -451,7 +451,7 @@ def test_gui_thread_never_blocks_during_a_run(make_napari_viewer, qtbot, perlin3
 
     assert evolve.status == "done" and evolve.n_frames == 21
     during = [c for c in calls if c[1] >= start]
-    assert [c[0] for c in during][0] == "EvolveWidget.run"
+    assert during[0][0] == "EvolveWidget.run"
     changes = sum(c[0] == "EvolveWidget._on_change" for c in during)
     follows = sum(c[0] == "EvolveWidget._refresh_view" for c in during)
     assert 1 <= changes <= 22 and 1 <= follows <= (ended - start) / 0.2 + 3  # coalesced
@@ -474,9 +474,10 @@ def test_gui_thread_never_blocks_during_a_run(make_napari_viewer, qtbot, perlin3
               f"{max(c[4] for c in mine) * 1e3:.0f} ms")
     assert sum(c[3] for c in own) == 0, [c for c in own if c[3]]  # no render forced inside
     assert slowest_cpu[2] < OWN_LIMIT_S, slowest_cpu
-    # wall time also counts waits for the GIL (render and compute threads) and for a core of a
-    # loaded 2-core machine, hence the slack
-    assert slowest[1] < 2 * OWN_LIMIT_S, slowest
+    # wall time also counts waits for the GIL (render and compute threads), for Mesa's render
+    # threads and for a core of a loaded 2-core machine (measured here: own CPU <= 60 ms, own
+    # wall 70-230 ms), hence the slack; the original freezes were 1-7 s
+    assert slowest[1] < 5 * OWN_LIMIT_S, slowest
     assert shown < 2.0
 
     added = []  # a second run replaces the first: its layers are reused, none is made
@@ -485,7 +486,7 @@ def test_gui_thread_never_blocks_during_a_run(make_napari_viewer, qtbot, perlin3
     _run(qtbot, evolve)
     ready = [c for c in calls[before:] if c[0] == "EvolveWidget._on_ready"]
     assert not added and evolve.n_frames == 21 and len(ready) == 1
-    assert ready[0][2] - ready[0][4] < 2 * OWN_LIMIT_S, ready
+    assert ready[0][3] - ready[0][5] < OWN_LIMIT_S and ready[0][2] - ready[0][4] < 0.5, ready
 
 
 def test_a_slow_3d_render_does_not_queue_up_frames(make_napari_viewer, qtbot, perlin16,
@@ -711,7 +712,8 @@ def test_traces_from_two_sequence_layers(make_napari_viewer, qtbot, notes, perli
 
 
 def test_train_one_epoch_cancel_resume_and_checkpoint_is_selectable(make_napari_viewer, qtbot,
-                                                                     notes, tmp_path):
+                                                                     notes, tmp_path,
+                                                                     figure_problems):
     from napari_chflow.widgets.evolve import EvolveWidget
     from napari_chflow.widgets.train import TrainWidget
 
@@ -742,6 +744,8 @@ def test_train_one_epoch_cancel_resume_and_checkpoint_is_selectable(make_napari_
     curve = {line.get_label(): line for line in train.ax.lines}
     np.testing.assert_allclose(curve["train (epoch)"].get_ydata(),
                                [train.history[0]["train_loss"]])
+    train.figure.set_size_inches(3.5, 2.4)  # the dock's ~350 px: labels and legend readable
+    assert figure_problems(train.figure) == []
     assert train.checkpoint == str((out / "best.pt").resolve())
     assert train.checkpoint in evolve.model.choices  # offered in "Evolve and compare"
 

@@ -266,9 +266,9 @@ class Job:
             self._relay.changed.connect(lambda: (self._pending.clear(), on_change()))
         self._relay.done.connect(lambda outcome: self._finish(on_done, outcome))
         owner.destroyed.connect(lambda *_: self.stopped.set())
-        app = QApplication.instance()
-        if app is not None:
-            app.aboutToQuit.connect(self.stopped.set)
+        self._app = QApplication.instance()
+        if self._app is not None:
+            self._app.aboutToQuit.connect(self.stopped.set)
         self.thread: threading.Thread | None = None
         self.finished = False
 
@@ -303,6 +303,11 @@ class Job:
 
     def _finish(self, on_done, outcome) -> None:
         self.finished = True
+        if self._app is not None:
+            try:
+                self._app.aboutToQuit.disconnect(self.stopped.set)
+            except (TypeError, RuntimeError):
+                pass
         if on_done is not None:
             on_done(*outcome)
 

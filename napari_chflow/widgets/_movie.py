@@ -85,7 +85,7 @@ class MovieWriter:
         strip = Image.new("RGB", (sample[0].width, sample[0].height * len(sample)))
         for i, image in enumerate(sample):
             strip.paste(image, (0, i * image.height))
-        palette = strip.quantize(colors=128, method=Image.Quantize.MEDIANCUT)
+        palette = strip.quantize(colors=96, method=Image.Quantize.MEDIANCUT)
         frames = [image.quantize(palette=palette, dither=Image.Dither.NONE)
                   for image in self.frames]
         frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], loop=0,
@@ -132,7 +132,8 @@ class MovieExport:
                  fps: float = 8.0, width: int | None = 640, on_progress=None, on_done=None):
         from ._common import Job
 
-        self.viewer, self.path, self.n, self.tau, self.label = viewer, Path(path), n_frames, tau, label
+        self.viewer, self.path, self.n = viewer, Path(path), n_frames
+        self.tau, self.label = tau, label
         self.on_progress, self.on_done = on_progress, on_done
         self.frames: queue.Queue = queue.Queue(maxsize=_QUEUE)
         self.job = Job(owner, _encode_job, self.frames, self.path, fps, width,
@@ -149,7 +150,7 @@ class MovieExport:
         self._restore = {"step": self.viewer.dims.current_step[0],
                          "overlay": {k: getattr(overlay, k) for k in
                                      ("visible", "text", "position", "font_size", "color")}}
-        overlay.position, overlay.font_size, overlay.color = "top_left", 14, "white"
+        overlay.position, overlay.font_size, overlay.color = "top_left", 12, "white"
         overlay.visible = True
         self._timer = QTimer(self._owner)
         self._timer.setSingleShot(True)

@@ -50,7 +50,6 @@ GAP = 0.3  # gap between volumes placed side by side, as a fraction of the box s
 MAX_BUFFER_BYTES = 16 * 2**30  # frames are kept in memory: refuse runs that cannot fit
 FOLLOW_INTERVAL = 0.2  # s: slider, progress bar and label follow the run at most 5 times a second
 TILT = (0.0, 20.0, -15.0)  # camera angles (degrees) after a fit: the volumes read as 3D
-TILT_ZOOM = 0.85  # zoom out after the fit, which ignores the tilt
 PLACEMENTS = ("replace the last run", "beside the earlier runs")
 LAYOUTS = ("side by side", "grid")
 MOVIE_FILTER = "Movie (*.gif *.mp4)"
@@ -119,6 +118,7 @@ class EvolveWidget(QWidget):
         self.status = ""
         self.movie = None  # a running _movie.MovieExport
         self._seed: dict = {}  # what the last run was started with
+        self._specs: dict = {}  # name, scale, colormap, metadata of the last run's layers
         self._rows_sent = 0
         self._followed = 0  # the time step the viewer was last moved to
         self._follow = Throttle(self._refresh_view, FOLLOW_INTERVAL, self)
@@ -232,7 +232,8 @@ class EvolveWidget(QWidget):
         self.movie_button.enabled = False
         self._shown_event = threading.Event()
         self.job = Job(self, _evolve_job, phi0, n_tau, self._seed["solver"], model, device,
-                       self.state, self._shown_event, on_event=self._on_ready, on_change=self._on_change,
+                       self.state, self._shown_event, on_event=self._on_ready,
+                       on_change=self._on_change,
                        on_done=self._on_done, name="napari-chflow evolve").start()
         return True
 
@@ -257,7 +258,8 @@ class EvolveWidget(QWidget):
         self._on_change()
 
     def _on_change(self) -> None:
-        """New frames are complete: pass their metrics on; slider and progress follow (throttled)."""
+        """New frames are complete: pass their metrics on; slider and progress follow
+        (throttled)."""
         if self.status != "running":
             return
         n, rows = self.state.snapshot(self._rows_sent)
@@ -362,27 +364,19 @@ class EvolveWidget(QWidget):
             row = max((run["row"] for run in runs), default=-1) + 1
         if s["layer"] in self.viewer.layers:
             s["layer"].visible = False
-        meta = {"tau": tau, "solver": s["solver"], "model": s["model"], "device": s["device"],
-                "seed": s["meta"].get("seed", {"layer": s["name"]})}
-        specs = {
-            "solver": dict(name=f"{s['name']} solver ({s['solver']})", scale=(tau, 1, 1, 1),
-                           colormap="bop blue", metadata={"chflow": {**meta, "downscale": 1}}),
-            "crnn": dict(name=f"{s['name']} CRNN", scale=(tau, f, f, f), colormap="bop orange",
-                         metadata={"chflow": {**meta, "downscale": f}})}
-        if self.difference.value or "diff" in reuse:
-            specs["diff"] = dict(name=f"{s['name']} |CRNN - solver|", scale=(tau, 1, 1, 1),
-                                 colormap="inferno", rendering="mip", blending="additive",
-                                 metadata={"chflow": {"tau": tau, "difference": True}})
+        self._specs = self._layer_specs(tau, f)
+        specs = dict(self._specs)
+        if not (self.difference.value or "diff" in reuse):
+            del specs["diff"]  # made when the box is ticked
         self.layers = {}
         for key, spec in specs.items():
             layer = reuse.pop(key, None)
             if layer is None:
-                style = {} if key == "diff" else ISO
-                layer = self.viewer.add_image(self.buffers[key], contrast_limits=(0.0, 1.0),
-                                              axis_labels=("t", "z", "y", "x"), **style, **spec)
+                layer = self.viewer.add_image(self.buffers[key], **spec, **self._style(key))
             else:
                 layer.data = self.buffers[key]
-                layer.scale, layer.name, layer.metadata = spec["scale"], spec["name"], spec["metadata"]
+                layer.scale, layer.name = spec["scale"], spec["name"]
+                layer.metadata = spec["metadata"]
                 layer.visible = key != "diff" or bool(self.difference.value)
             self.layers[key] = layer
         self._remove_run(reuse)  # reused run's layers that this run does not have
@@ -391,13 +385,31 @@ class EvolveWidget(QWidget):
         self.viewer.dims.set_current_step(0, 0)
         self.apply_layout(fit=True)
 
+    def _layer_specs(self, tau: float, f: int) -> dict[str, dict]:
+        """Name, scale, colormap and metadata of the solver, CRNN and difference layers."""
+        s = self._seed
+        meta = {"tau": tau, "solver": s["solver"], "model": s["model"], "device": s["device"],
+                "seed": s["meta"].get("seed", {"layer": s["name"]})}
+        return {
+            "solver": {"name": f"{s['name']} solver ({s['solver']})", "scale": (tau, 1, 1, 1),
+                       "colormap": "bop blue", "metadata": {"chflow": {**meta, "downscale": 1}}},
+            "crnn": {"name": f"{s['name']} CRNN", "scale": (tau, f, f, f),
+                     "colormap": "bop orange", "metadata": {"chflow": {**meta, "downscale": f}}},
+            "diff": {"name": f"{s['name']} |CRNN - solver|", "scale": (tau, 1, 1, 1),
+                     "colormap": "inferno",
+                     "metadata": {"chflow": {"tau": tau, "difference": True}}}}
+
+    @staticmethod
+    def _style(key: str) -> dict:
+        """How a new layer is rendered: phi >= 0.5 surfaces; the difference as a glow (MIP)."""
+        style = {"contrast_limits": (0.0, 1.0), "axis_labels": ("t", "z", "y", "x")}
+        if key == "diff":
+            return {**style, "rendering": "mip", "blending": "additive"}
+        return {**style, **ISO}
+
     def _add_difference_layer(self) -> None:
-        tau = self.layers["solver"].scale[0]
-        self.layers["diff"] = self.viewer.add_image(
-            self._shown("diff"), name=f"{self._seed['name']} |CRNN - solver|",
-            scale=(tau, 1, 1, 1), colormap="inferno", rendering="mip", contrast_limits=(0.0, 1.0),
-            blending="additive", axis_labels=("t", "z", "y", "x"),
-            metadata={"chflow": {"tau": tau, "difference": True}})
+        self.layers["diff"] = self.viewer.add_image(self._shown("diff"), **self._specs["diff"],
+                                                    **self._style("diff"))
         self.apply_layout(fit=True)
 
     def _toggle_difference(self, on: bool) -> None:
@@ -418,7 +430,7 @@ class EvolveWidget(QWidget):
             solver = run["layers"].get("solver")
             if solver is None:
                 continue
-            depth, height, width = solver.data.shape[-3:]
+            height, width = solver.data.shape[-2:]
             y = 0 if grid else run["row"] * height * (1 + GAP)
             for slot, key in enumerate(("solver", "crnn", "diff")):
                 if key in run["layers"]:
@@ -432,11 +444,9 @@ class EvolveWidget(QWidget):
         visible = [layer for layer in self.viewer.layers if layer.visible]
         if not visible:
             return
-        self.viewer.reset_view(layers=visible, margin=0.05, reset_camera_angle=False)
         if self.viewer.dims.ndisplay == 3:
-            camera = self.viewer.scene.camera
-            camera.angles = TILT
-            camera.zoom *= TILT_ZOOM
+            self.viewer.scene.camera.angles = TILT  # first: the fit accounts for the tilt
+        self.viewer.reset_view(layers=visible, margin=0.1, reset_camera_angle=False)
 
     # ------------------------------------------------------------------ movie
     def _choose_movie_file(self) -> None:

@@ -101,8 +101,8 @@ class SeedWidget(QWidget):
         scale = FloatSpinBox(value=16.0, min=0.0, max=512.0, step=1.0, label="feature scale",
                              tooltip="Perlin feature size in grid units (0: use octaves)")
         scale.native.setSpecialValueText("use octaves")
-        fill = dict(value=0.6, min=0.05, max=1.0, step=0.05, label="fill",
-                    tooltip="fraction of the box the mesh spans")
+        fill = {"value": 0.6, "min": 0.05, "max": 1.0, "step": 0.05, "label": "fill",
+                "tooltip": "fraction of the box the mesh spans"}
         self.params: dict[str, dict] = {
             "Perlin noise": {
                 "scale": scale,

@@ -126,7 +126,8 @@ class TracesWidget(QWidget):
         self.redraw()
 
     def add_row(self, row: dict) -> None:
-        """Append one frame's metrics (keys of :data:`COLUMNS`); redraws at most 5 times a second."""
+        """Append one frame's metrics (keys of :data:`COLUMNS`); redraws at most 5 times a
+        second."""
         for key in COLUMNS:
             self.rows[key].append(float(row[key]))
         self._redraw()

@@ -317,7 +317,7 @@ class TrainWidget(QWidget):
         self.checkpoint = self.hub.add_checkpoint(best)
         self.status_label.value = (f"{'cancelled' if stopped else 'done'}: {best} "
                                    "(selectable in 'Evolve and compare')")
-        show_info(f"CRNN checkpoint saved: {best}")
+        show_info(f"New CRNN selectable in 'Evolve and compare': {Path(best).parent.name}/best.pt")
 
     def redraw(self, urgent: bool = False) -> None:
         """Queue a redraw of the loss curve (drawn in the background)."""
@@ -339,7 +339,10 @@ class TrainWidget(QWidget):
             ax.plot(x, [h["train_loss"] for h in history], "o-", ms=3, label="train (epoch)")
             ax.plot(x, [h["val_loss"] for h in history], "s-", ms=3, label="validation")
         if batch_losses or history:
+            from napari_chflow.plots import readable_log_axis
+
             ax.set_yscale("log")
+            readable_log_axis(ax.yaxis)
             fig.legend(loc="outside upper center", ncols=3, fontsize=7, frameon=False)
         else:
             ax.text(0.5, 0.5, "press Train", ha="center", va="center", transform=ax.transAxes,

@@ -4,8 +4,8 @@ napari opens the first widget a plugin lists when ``-w`` names no widget; that f
 "Workflow (all four panels)", whose command :func:`open_workflow` docks the four panels, each
 under the name its own *Plugins* menu entry uses (so an open panel is shown, never duplicated):
 "Seed volume" and "Train surrogate" tabbed on the left, "Evolve and compare" above "Traces" on
-the right. napari docks the widget a command makes; :class:`Workflow` is empty and removes its own dock at
-once, so the window holds exactly the four panels.
+the right. napari docks the widget a command makes; :class:`Workflow` is empty and removes its
+own dock at once, so the window holds exactly the four panels.
 """
 
 from __future__ import annotations
