@@ -11,6 +11,7 @@ parameters, creates layers and shows results, and closing napari never waits for
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import threading
@@ -32,7 +33,9 @@ DEVICES = ("cpu", "cuda")
 ISO = {"rendering": "iso", "iso_threshold": 0.5}
 PHI_MARGIN = 0.25  # phi may leave [0, 1] by this much (tanh profiles, CRNN frames) before refusal
 LOG = logging.getLogger("napari_chflow")
+EXIT_WAIT_S = 60.0  # at interpreter exit, how long a stopped job may take to end its step
 _HUBS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_JOBS: weakref.WeakSet = weakref.WeakSet()  # jobs whose thread may still run
 
 
 class Hub(QObject):
@@ -94,6 +97,16 @@ def show_warning(message: str) -> None:
 
 def show_info(message: str) -> None:
     notifications.show_info(message)
+
+
+def problem_only(error: BaseException | str) -> str:
+    """The problem part of a library message ("problem: fix" or "problem; fix"): the library's
+    fixes are written for the command line and Python, the GUI names its own (the whole message
+    goes to the log)."""
+    text = str(error).strip()
+    for separator in ("; ", ": "):
+        text = text.split(separator)[0]
+    return text
 
 
 def plural(n: int, word: str) -> str:
@@ -250,8 +263,10 @@ class Job:
     ``func`` returns, ``on_done(result, error)`` runs on the GUI thread (``error`` the exception
     it raised, or None).
 
-    The thread is a daemon and nothing waits for it: closing napari returns at once, a running
-    computation ends at its next check of :attr:`stopped` (or with the process).
+    The thread is a daemon and the GUI never waits for it: closing napari returns at once, a
+    running computation ends at its next check of :attr:`stopped`. Only the interpreter's exit
+    (after the windows are gone) waits for that (:func:`_end_jobs`), so that no computation is
+    cut off inside a library call.
     """
 
     def __init__(self, owner: QWidget, func, *args, on_event=None, on_change=None,
@@ -274,6 +289,7 @@ class Job:
 
     def start(self) -> Job:
         self.thread = threading.Thread(target=self._run, daemon=True, name=self.name)
+        _JOBS.add(self)
         self.thread.start()
         return self
 
@@ -310,6 +326,18 @@ class Job:
                 pass
         if on_done is not None:
             on_done(*outcome)
+
+
+@atexit.register
+def _end_jobs(timeout: float = EXIT_WAIT_S) -> None:
+    """At interpreter exit: stop every job and let it end its current step (torch and friends
+    abort the process if a thread is still inside them while the interpreter shuts down)."""
+    jobs = [job for job in list(_JOBS) if job.thread is not None and job.thread.is_alive()]
+    for job in jobs:
+        job.stop()
+    deadline = time.monotonic() + timeout
+    for job in jobs:
+        job.thread.join(max(0.0, deadline - time.monotonic()))
 
 
 # --------------------------------------------------------------------------- figures

@@ -39,6 +39,7 @@ from ._common import (
     hub_for,
     layer_picker,
     plural,
+    problem_only,
     set_progress,
     show_error,
     show_info,
@@ -98,7 +99,7 @@ def _failure_message(exc: BaseException, solver: str, frames: int) -> str:
         return f"Choose another CRNN: this one diverged (phi became NaN){kept}"
     if isinstance(exc, MemoryError):
         return f"Lower 'n tau' or use a smaller seed: out of memory{kept}"
-    return f"The run failed: {exc}{kept}"
+    return f"Check the seed and the CRNN: the run failed ({problem_only(exc)}){kept}"
 
 
 class EvolveWidget(QWidget):

@@ -20,7 +20,7 @@ from magicgui.widgets import (
 )
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from ._common import ISO, Job, show_error
+from ._common import ISO, Job, problem_only, show_error
 
 # menu entry -> the napari_chflow.seeds function (recorded as the seed's "kind")
 KINDS = {"Perlin noise": "perlin", "Stanford bunny": "stanford_bunny", "Mesh file": "from_mesh",
@@ -78,9 +78,8 @@ def failure_message(kind: str, params: dict, exc: BaseException) -> str:
     if isinstance(exc, MeshError | OSError):
         return f"Pick another file in 'mesh file': {params.get('path')} is not a usable mesh"
     if isinstance(exc, SeedError):
-        problem = str(exc).split("; pass")[0].split(": pass")[0]
-        return f"Change the {kind.lower()} settings: {problem}"
-    return f"The seed failed: {exc}"
+        return f"Change the {kind.lower()} settings: {problem_only(exc)}"
+    return f"Change the settings: the seed failed ({problem_only(exc)})"
 
 
 def _rotation() -> TupleEdit:

@@ -27,6 +27,7 @@ from ._common import (
     hub_for,
     is_sequence,
     layer_picker,
+    problem_only,
     show_error,
     show_info,
 )
@@ -172,7 +173,8 @@ class TracesWidget(QWidget):
     def _computed(self, rows, error, names) -> None:
         self._job = None
         if error is not None:
-            show_error(f"Pick two runs of the same seed: the traces failed ({error})", error)
+            show_error(f"Pick two runs of the same seed: the traces failed "
+                       f"({problem_only(error)})", error)
             return
         self.set_rows(rows, names)
 

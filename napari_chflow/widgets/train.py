@@ -36,6 +36,7 @@ from ._common import (
     check_device,
     hub_for,
     plural,
+    problem_only,
     set_progress,
     show_error,
     show_info,
@@ -103,7 +104,7 @@ def train_failure(exc: BaseException, out: str, resume: bool) -> str:
         return "Generate a dataset with more sequences ('sequences' field): too few to train"
     if "differ in shape" in text:
         return "Choose a dataset made in one go: its sequences differ in size"
-    return f"Training failed: {text.split(': ')[0]}"
+    return f"Check the dataset and the fields: training failed ({problem_only(text)})"
 
 
 def dataset_failure(exc: BaseException, folder: str) -> str:
@@ -111,7 +112,7 @@ def dataset_failure(exc: BaseException, folder: str) -> str:
     if "different settings" in str(exc):
         return (f"Choose a new dataset folder (or set the fields to the ones '{folder}' was made "
                 "with): it holds a dataset made with other settings")
-    return f"Choose another dataset folder: generating failed ({str(exc).split(': ')[0]})"
+    return f"Choose another dataset folder: generating failed ({problem_only(exc)})"
 
 
 class TrainWidget(QWidget):
