@@ -491,15 +491,16 @@ def test_gui_thread_never_blocks_during_a_run(make_napari_viewer, qtbot, perlin3
 
 def test_a_slow_3d_render_does_not_queue_up_frames(make_napari_viewer, qtbot, perlin16,
                                                    tiny_checkpoint, monkeypatch):
-    """Every 3D render made 0.25 s slow: the run's last frame is still on screen within about
-    one render after the compute thread finished (no backlog of per-frame updates)."""
+    """Every 3D render made 0.4 s slow: the run's last frame is on screen within a few renders
+    after the compute thread finished (no backlog of per-frame updates: 30 frames forcing a
+    render each would lag 12 s)."""
     from vispy.scene import SceneCanvas
 
     from napari_chflow.widgets import _compare
 
     draw = SceneCanvas.on_draw
     monkeypatch.setattr(SceneCanvas, "on_draw",
-                        lambda self, event: (time.sleep(0.25), draw(self, event)))
+                        lambda self, event: (time.sleep(0.4), draw(self, event)))
     finished = []
     fill = _compare.fill_buffers
     from napari_chflow.widgets import evolve as evolve_module
@@ -515,8 +516,9 @@ def test_a_slow_3d_render_does_not_queue_up_frames(make_napari_viewer, qtbot, pe
     evolve, _ = _evolve(viewer, perlin16, tiny_checkpoint, n_tau=30, traces=False)
     _run(qtbot, evolve)
     lag = time.perf_counter() - finished[0]
+    print(f"\nlast frame shown {lag * 1e3:.0f} ms after the compute thread finished")
     assert evolve.n_frames == 31 and viewer.dims.current_step[0] == 30
-    assert lag < 1.0, lag
+    assert lag < 2.0, lag
 
 
 def test_closing_napari_mid_run_returns_at_once(make_napari_viewer, qtbot, perlin16,
