@@ -225,7 +225,7 @@ class EvolveWidget(QWidget):
         self._seed = {"layer": layer, "name": layer.name, "meta": seed_meta,
                       "solver": self.solver.value, "model": model, "device": device,
                       "n_tau": n_tau}
-        self.n_frames, self.status, self._followed, self._rows_sent = 0, "starting", 0, 0
+        self.status = "starting"  # the last run's layers and frames stay until the new ones
         self.state = RunState()
         set_progress(self.progress, 0, n_tau + 1)
         self.status_label.value = "loading the CRNN ..."
@@ -250,7 +250,7 @@ class EvolveWidget(QWidget):
     def _on_ready(self, prepared) -> None:
         """The CRNN is loaded and the buffers exist: make the layers and show them."""
         self.buffers = prepared.buffers
-        self.status = "running"
+        self.status, self.n_frames, self._followed, self._rows_sent = "running", 0, 0, 0
         self._create_layers(prepared.tau, prepared.downscale)
         self.status_label.value = f"computing {plural(self._seed['n_tau'], 'tau')} ..."
         self.hub.run_started.emit({"n_tau": self._seed["n_tau"], "seed": self._seed["name"],
@@ -295,7 +295,7 @@ class EvolveWidget(QWidget):
         if not started:  # refused before any layer was made
             self.status = "refused"
             self.run_button.enabled, self.cancel_button.enabled = True, False
-            self.movie_button.enabled = bool(self.layers)
+            self.movie_button.enabled = self.n_frames > 1
             if error is not None:
                 self._refuse(_failure_message(error, self._seed["solver"], 0), error)
                 if isinstance(error, _checkpoint_error()) and self._seed["model"] != DEFAULT_MODEL:
