@@ -73,3 +73,47 @@ def tiny_dataset_factory(tmp_path_factory):
         return made[(n_seq, seed)]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def figure_problems():
+    """``check(fig) -> list[str]``: what makes a drawn matplotlib figure hard to read: text
+    outside the figure (clipped), a label or legend over another axes, a legend over data, an
+    axis with fewer than two tick labels."""
+
+    def check(fig) -> list[str]:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        box = fig.bbox
+        problems = []
+        axes = [ax for ax in fig.axes if ax.get_visible()]
+        legends = list(fig.legends) + [ax.get_legend() for ax in axes if ax.get_legend()]
+        drawn = [(f"axes {ax.get_ylabel()!r}", ax.get_tightbbox(renderer)) for ax in axes]
+        drawn += [("legend", legend.get_window_extent(renderer)) for legend in legends]
+        drawn += [(repr(t.get_text()), t.get_window_extent(renderer)) for t in fig.texts
+                  if t.get_visible() and t.get_text()]
+        for name, b in drawn:
+            if b.x0 < box.x0 - 1 or b.y0 < box.y0 - 1 or b.x1 > box.x1 + 1 or b.y1 > box.y1 + 1:
+                problems.append(f"clipped: {name}")
+        for ax in axes:
+            own = ax.get_tightbbox(renderer)
+            for other in axes:
+                apart = not other.bbox.overlaps(ax.bbox)
+                if other is not ax and apart and own.overlaps(other.bbox):
+                    problems.append(f"labels of {ax.get_ylabel()!r} reach into "
+                                    f"{other.get_ylabel()!r}")
+            labels = [t for t in ax.get_yticklabels() if t.get_text() and ax.bbox.y0 - 1
+                      <= t.get_window_extent(renderer).y0 <= ax.bbox.y1 + 1]
+            if len(labels) < 2:
+                problems.append(f"{ax.get_ylabel()!r} has {len(labels)} y tick label(s)")
+        for legend in legends:
+            lb = legend.get_window_extent(renderer)
+            for ax in axes:
+                if lb.overlaps(ax.bbox):
+                    problems.append(f"legend over the axes {ax.get_ylabel()!r}")
+        return problems
+
+    return check

@@ -21,12 +21,40 @@ def store(tmp_path, perlin16):
     return path, frames, attrs
 
 
+@pytest.fixture
+def settings(monkeypatch):
+    """napari's settings for this test only (nothing is read from or saved to the user's)."""
+    import napari.settings
+
+    fresh = napari.settings.NapariSettings(config_path=None)
+    monkeypatch.setattr(napari.settings, "_SETTINGS", fresh)
+    return fresh
+
+
+@pytest.fixture
+def notes():
+    """Messages of the napari notifications emitted during the test."""
+    from napari.utils.notifications import notification_manager
+
+    seen: list[str] = []
+
+    def record(notification):
+        seen.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
 def test_manifest_is_valid_and_lists_widgets_reader_writer_samples():
     manifest = npe2.PluginManifest.from_distribution("napari-chflow")
     c = manifest.contributions
     assert manifest.name == "napari-chflow"
-    widgets = ["Seed volume", "Evolve and compare", "Traces", "Train surrogate"]
+    # the first widget is what `napari -w napari-chflow` opens: the whole workflow
+    widgets = ["Workflow (all four panels)", "Seed volume", "Evolve and compare", "Traces",
+               "Train surrogate"]
     assert [w.display_name for w in c.widgets] == widgets
+    assert manifest.on_activate == "napari_chflow._napari_hooks:activate"
     samples = ["Perlin 64^3", "Stanford bunny 64^3", "Two spheres"]
     assert [s.display_name for s in c.sample_data] == samples
     assert c.readers[0].accepts_directories and "*.zarr" in c.readers[0].filename_patterns
@@ -50,13 +78,20 @@ def test_reader_gives_time_axis_scale_and_metadata(store):
 
 
 def test_reader_declines_what_is_not_a_chflow_sequence(tmp_path, store):
+    from napari_builtins.io import napari_get_reader
+
     path, _, _ = store
     plain = tmp_path / "plain.zarr"
     plain.mkdir()
-    assert hooks.get_reader(str(plain)) is None
+    # another zarr folder: napari's built-in reader, exactly as napari would pick it
+    assert hooks.get_reader(str(plain)) is napari_get_reader(str(plain))
+    assert hooks.get_reader(str(plain)) is not hooks.read_sequence_layers
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert hooks.get_reader(str(folder)) is None
     assert hooks.get_reader(str(tmp_path / "missing.zarr")) is None
     assert hooks.get_reader([str(path), str(path)]) is None  # one store per call
-    assert hooks.get_reader([str(path)]) is not None
+    assert hooks.get_reader([str(path)]) is hooks.read_sequence_layers
 
 
 def test_downscaled_store_opens_with_spatial_scale(tmp_path, perlin16):
@@ -86,6 +121,68 @@ def test_writer_saves_a_3d_volume_as_one_frame(tmp_path, perlin16):
     phi, attrs = io.read_sequence(out)
     np.testing.assert_array_equal(phi[0], perlin16)
     assert attrs["seed"] == {"kind": "x"}
+
+
+def test_file_open_picks_the_plugin_without_a_dialog(tmp_path, store, settings):
+    """napari's File > Open (no plugin named) asks the user to choose between this plugin and
+    its builtins for a .zarr folder unless a reader is preferred; activating the plugin prefers
+    it, other zarr stores still open as napari's builtins open them, and a user's own choice
+    is kept."""
+    import zarr
+    from napari.components import ViewerModel
+    from napari.errors import MultipleReaderError
+    from napari.plugins import _initialize_plugins
+
+    _initialize_plugins()
+    path = store[0]
+    viewer = ViewerModel()
+    with pytest.raises(MultipleReaderError):  # what shows the "choose a reader" dialog
+        viewer.open(str(path), plugin=None)
+    hooks.activate()
+    [layer] = viewer.open(str(path), plugin=None)
+    assert tuple(layer.scale) == (0.25, 1, 1, 1)
+    assert layer.metadata["chflow"]["solver"] == "explicit"
+    plain = tmp_path / "plain.zarr"
+    zarr.save(str(plain), np.arange(20, dtype=np.float32).reshape(4, 5))
+    [other] = viewer.open(str(plain), plugin=None)
+    [builtin] = viewer.open(str(plain), plugin="napari")
+    np.testing.assert_array_equal(np.asarray(other.data), np.asarray(builtin.data))
+    settings.plugins.extension2reader = {"*.zarr": "napari"}  # the user chose builtins
+    assert not hooks.prefer_for_zarr()
+    assert settings.plugins.extension2reader == {"*.zarr": "napari"}
+
+
+def test_saved_run_reopens_as_it_was_shown(tmp_path, store):
+    """Colormap, translate (side by side) and rendering are saved with the frames."""
+    from napari.components import ViewerModel
+
+    path, frames, _ = store
+    viewer = ViewerModel()
+    [layer] = viewer.open(str(path), plugin="napari-chflow")
+    layer.colormap, layer.translate = "bop orange", (0, 0, 0, 20.8)
+    layer.rendering, layer.iso_threshold = "iso", 0.4
+    out = tmp_path / "shown.zarr"
+    viewer.layers.save(str(out), selected=False, plugin="napari-chflow")
+    viewer.layers.clear()
+    [back] = viewer.open(str(out), plugin="napari-chflow")
+    np.testing.assert_array_equal(np.asarray(back.data), frames)
+    assert back.colormap.name == "bop orange" and tuple(back.translate) == (0, 0, 0, 20.8)
+    assert back.rendering == "iso" and back.iso_threshold == pytest.approx(0.4)
+    assert "display" not in back.metadata["chflow"]  # applied, not left as metadata
+
+
+def test_writer_refuses_a_2d_layer_with_a_message(tmp_path, notes):
+    from napari.components import ViewerModel
+
+    viewer = ViewerModel()
+    viewer.add_image(np.zeros((8, 8), np.float32), name="flat")
+    with pytest.warns(UserWarning):  # napari's own note that nothing was written
+        written = viewer.layers.save(str(tmp_path / "flat.zarr"), selected=False,
+                                     plugin="napari-chflow")
+    assert written == [] and not (tmp_path / "flat.zarr").exists()
+    expected = ("Pick a 3D or (T, Z, Y, X) layer to save as a chflow .zarr: 'flat' is 2D; "
+                "save it in another format")
+    assert notes == [expected]
 
 
 def test_viewer_model_opens_and_saves_through_the_plugin(tmp_path, store):

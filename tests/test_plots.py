@@ -40,3 +40,40 @@ def test_png_export_from_several_threads_at_once(tmp_path):
         t.join()
     assert errors == []
     assert all((tmp_path / f"{j}_{i}.png").stat().st_size > 1000 for j in range(4) for i in range(2))
+
+
+def test_trace_panels_fit_a_350_px_dock(figure_problems):
+    """The Traces widget's figure at 350 x 650 px: one quantity per axis (RMSE in phi units and
+    interface displacement in grid units apart), every label inside the figure, nothing over
+    another axes, the legend above the data, at least two y tick labels per axis."""
+    fig, plot = plots.trace_figure(3.5, 6.5, rows=4, fontsize=7, minor_ticks=False)
+    runs = _traces(9)
+    plot.update(runs, t_mark=2.0)
+    assert figure_problems(fig) == []
+    ylabels = [ax.get_ylabel() for ax in plot.axes]
+    assert ylabels == [plots.YLABELS[p] for p in plots.TRACE_PANELS] and len(set(ylabels)) == 4
+    rmse, shift = plot.axes[0], plot.axes[1]
+    np.testing.assert_allclose(rmse.lines[0].get_ydata(), runs["crnn"]["rmse"][1:])
+    np.testing.assert_allclose(shift.lines[0].get_ydata(),
+                               runs["crnn"]["interface_displacement"][1:])
+    assert rmse.get_yscale() == shift.get_yscale() == "linear"
+    # one legend for all panels, one entry per run (same colour in every panel) and the guide
+    [legend] = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["solver", "crnn", plots.GUIDE]
+    colors = {line.get_label(): line.get_color() for ax in plot.axes for line in ax.lines
+              if not line.get_label().startswith("_")}
+    assert colors["crnn"] != colors["solver"]
+    for ax in plot.axes:
+        for line in ax.lines:
+            if line.get_label() in colors:
+                assert line.get_color() == colors[line.get_label()]
+
+
+def test_trace_panels_read_at_page_size_too(figure_problems):
+    """The PNG of `chflow compare` (2 x 2 panels, legend below, a title): readable as well."""
+    fig, plot = plots.trace_figure(9.0, 6.5, rows=2, dpi=80, legend_loc="outside lower center")
+    plot.update(_traces(10))
+    fig.suptitle("spectral solver vs CRNN, 32^3")
+    assert figure_problems(fig) == []
+    plot.show_message("run 'Evolve and compare'")  # before any data: labels, a message
+    assert figure_problems(fig) == [] or all("tick label" in p for p in figure_problems(fig))

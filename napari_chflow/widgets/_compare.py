@@ -3,13 +3,16 @@
 :func:`compare_frames` steps the physics solver (:func:`napari_chflow.physics.iter_simulate`) and
 the CRNN (:func:`napari_chflow.model.iter_rollout`) in lockstep, one ``tau`` at a time, and
 computes the per-frame metrics as ``chflow compare`` does
-(:func:`napari_chflow.compare.paired_traces`), so the GUI thread only copies arrays into layers.
+(:func:`napari_chflow.compare.paired_traces`). :func:`prepare_run` loads the model and allocates
+the frame buffers; :func:`fill_buffers` writes every frame into them and publishes its progress
+in a :class:`RunState`, so the GUI thread only shows what is there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -93,3 +96,88 @@ def compare_frames(phi0: np.ndarray, n_tau: int, solver: str = "explicit", model
         full = upsample(b, f) if f > 1 else b
         yield ComparedFrame(k, k * info.tau, info.tau, f, a, b, np.abs(full - a),
                             frame_metrics(k, info.tau, a, b, f, info.eps))
+
+
+class SeedGridError(ValueError):
+    """The seed's grid is not a multiple of the CRNN's ``downscale`` (``shape``, ``factor``)."""
+
+    def __init__(self, shape: tuple[int, ...], factor: int) -> None:
+        super().__init__(f"seed grid {shape} is not a multiple of the CRNN's downscale {factor}")
+        self.shape, self.factor = tuple(shape), int(factor)
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """A loaded model and the frame buffers of one run.
+
+    ``buffers``: ``{"solver": (T, Z, Y, X), "crnn": (T, Z/d, Y/d, X/d), "diff": (T, Z, Y, X)}``
+    float32, frame 0 filled with the seed (``np.zeros`` maps memory lazily: only computed frames
+    take RAM); ``tau``, ``eps``: the model's physics; ``downscale``: its grid factor ``d``.
+    """
+
+    model: object
+    buffers: dict
+    tau: float
+    eps: float
+    downscale: int
+
+
+def prepare_run(phi0: np.ndarray, n_tau: int, model=DEFAULT_MODEL, device: str | None = None
+                ) -> PreparedRun:
+    """Load ``model`` (see :func:`load_model`), check that ``phi0``'s grid suits it
+    (:class:`SeedGridError`) and allocate ``n_tau + 1`` frames for each buffer."""
+    from napari_chflow.model import downsample, upsample
+
+    if isinstance(model, str):
+        model = load_model(model, device)
+    f = int(model.info.downscale)
+    if any(n % f for n in phi0.shape):
+        raise SeedGridError(phi0.shape, f)
+    crnn0 = downsample(phi0, f)
+    first = {"solver": phi0, "crnn": crnn0, "diff": np.abs(upsample(crnn0, f) - phi0)}
+    buffers = {}
+    for key, volume in first.items():
+        buffers[key] = np.zeros((n_tau + 1, *volume.shape), np.float32)
+        buffers[key][0] = volume
+    return PreparedRun(model, buffers, float(model.info.tau), float(model.info.eps), f)
+
+
+@dataclass
+class RunState:
+    """Progress of a run, written by the compute thread and read by the GUI thread: frames
+    ``0 .. n_frames - 1`` of the buffers are complete; ``rows`` holds their metrics (one dict
+    per frame, keys :data:`COLUMNS`)."""
+
+    n_frames: int = 0
+    rows: list = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def publish(self, index: int, row: dict) -> None:
+        with self.lock:
+            self.rows.append(row)
+            self.n_frames = index + 1
+
+    def snapshot(self, start: int = 0) -> tuple[int, list]:
+        """``(n_frames, rows[start:])``."""
+        with self.lock:
+            return self.n_frames, self.rows[start:]
+
+
+def fill_buffers(prepared: PreparedRun, phi0: np.ndarray, n_tau: int, solver: str,
+                 device: str | None, state: RunState, should_stop: Callable[[], bool],
+                 notify: Callable[[], None] = lambda: None) -> bool:
+    """Run solver and CRNN (:func:`compare_frames`), writing frame ``k`` into
+    ``prepared.buffers[...][k]`` and then publishing it in ``state`` and calling ``notify()``.
+    Returns False when ``should_stop()`` ended the run early (checked between frames). Errors
+    propagate as in :func:`compare_frames`; the frames published before them are complete."""
+    buffers = prepared.buffers
+    for frame in compare_frames(phi0, n_tau, solver, prepared.model, device):
+        k = frame.index
+        if k > 0:
+            buffers["solver"][k], buffers["crnn"][k], buffers["diff"][k] = (
+                frame.solver, frame.crnn, frame.diff)
+        state.publish(k, frame.metrics)
+        notify()
+        if k < n_tau and should_stop():
+            return False
+    return True

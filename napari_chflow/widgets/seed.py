@@ -1,33 +1,36 @@
 """Dock widget "Seed volume": initial conditions phi from :mod:`napari_chflow.seeds`.
 
-Perlin noise, the Stanford bunny, any mesh file, spheres and slabs on an N^3 grid. The volume
-is computed in a worker thread and added as a ``(Z, Y, X) float32`` Image layer whose
+Perlin noise, the Stanford bunny, any mesh file, spheres and slabs on an N^3 grid; the form is
+made of magicgui widgets, one page of parameters per kind. The volume is computed in a
+:class:`._common.Job` and added as a ``(Z, Y, X) float32`` Image layer whose
 ``metadata["chflow"]["seed"]`` records how it was made (kind, shape and every parameter).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from napari.qt.threading import thread_worker
-from qtpy.QtWidgets import (
-    QComboBox,
-    QDoubleSpinBox,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QPushButton,
-    QSpinBox,
-    QStackedWidget,
-    QVBoxLayout,
-    QWidget,
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    PushButton,
+    SpinBox,
+    TupleEdit,
 )
+from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from ._common import ISO, PathEdit, combo, dspin, show_error, spin
+from ._common import ISO, Job, problem_only, show_error
 
 # menu entry -> the napari_chflow.seeds function (recorded as the seed's "kind")
 KINDS = {"Perlin noise": "perlin", "Stanford bunny": "stanford_bunny", "Mesh file": "from_mesh",
          "Sphere": "sphere", "Two spheres": "two_spheres", "Slab": "slab",
          "Random spheres": "random_spheres"}
+MESH_FILTER = "Meshes (*.ply *.stl *.obj *.off *.glb)"
+
+
+class NoMeshChosen(ValueError):
+    """"Mesh file" was chosen without a file."""
 
 
 def make_seed(kind: str, size: int, params: dict) -> np.ndarray:
@@ -42,7 +45,7 @@ def make_seed(kind: str, size: int, params: dict) -> np.ndarray:
         return seeds.stanford_bunny(shape, fill=p["fill"], rotation=p["rotation"])
     if kind == "Mesh file":
         if not p["path"]:
-            raise ValueError("no mesh file chosen: pick a mesh (.ply, .stl, .obj, ...) with '...'")
+            raise NoMeshChosen("no mesh file chosen")
         return seeds.from_mesh(p["path"], shape, fill=p["fill"], rotation=p["rotation"])
     if kind == "Sphere":
         return seeds.sphere(shape, radius=p["radius"])
@@ -56,37 +59,33 @@ def make_seed(kind: str, size: int, params: dict) -> np.ndarray:
     raise ValueError(f"unknown seed kind {kind!r}: use one of {', '.join(KINDS)}")
 
 
-@thread_worker(ignore_errors=True)
-def _seed_worker(kind: str, size: int, params: dict):
-    """Return ``(phi, None)`` or ``(None, message)`` for input the user must fix."""
-    try:
-        return make_seed(kind, size, params), None
-    except (ValueError, OSError) as exc:  # SeedError, MeshError, missing files
-        return None, str(exc)
+def _seed_job(_job, kind: str, size: int, params: dict) -> np.ndarray:
+    return make_seed(kind, size, params)
 
 
-class _Rotation(QWidget):
-    """Three Euler angles in degrees (extrinsic x, y, z)."""
+def failure_message(kind: str, params: dict, exc: BaseException) -> str:
+    """A library exception as a GUI message: the fix first (naming the field), short."""
+    from napari_chflow.seeds import MeshError, MeshNotFoundError, SeedError
 
-    def __init__(self) -> None:
-        super().__init__()
-        row = QHBoxLayout(self)
-        row.setContentsMargins(0, 0, 0, 0)
-        self.angles = [dspin(0.0, -360.0, 360.0, 15.0, 1) for _ in range(3)]
-        for axis, box in zip("xyz", self.angles):
-            row.addWidget(QLabel(axis))
-            row.addWidget(box)
+    if isinstance(exc, NoMeshChosen):
+        return "Pick a mesh (.ply, .stl, .obj, .off, .glb) in 'mesh file' first"
+    if kind == "Stanford bunny" and isinstance(exc, SeedError | OSError):
+        if "download" in str(exc):
+            return "No internet: choose 'Mesh file' as the kind and pick a .ply"
+        return "Choose 'Mesh file' as the kind and pick a .ply: the bunny could not be loaded"
+    if isinstance(exc, MeshNotFoundError | FileNotFoundError):
+        return f"Pick an existing file in 'mesh file': {params.get('path')} does not exist"
+    if isinstance(exc, MeshError | OSError):
+        return f"Pick another file in 'mesh file': {params.get('path')} is not a usable mesh"
+    if isinstance(exc, SeedError):
+        return f"Change the {kind.lower()} settings: {problem_only(exc)}"
+    return f"Change the settings: the seed failed ({problem_only(exc)})"
 
-    def value(self) -> tuple[float, float, float]:
-        return tuple(box.value() for box in self.angles)
 
-
-def _value(widget):
-    if isinstance(widget, (QSpinBox, QDoubleSpinBox, _Rotation)):
-        return widget.value()
-    if isinstance(widget, QComboBox):
-        return widget.currentText()
-    return widget.text()  # PathEdit
+def _rotation() -> TupleEdit:
+    return TupleEdit(value=(0.0, 0.0, 0.0), label="rotation x, y, z",
+                     options={"min": -360.0, "max": 360.0, "step": 15.0},
+                     tooltip="Euler angles in degrees (extrinsic x, y, z)")
 
 
 class SeedWidget(QWidget):
@@ -95,85 +94,91 @@ class SeedWidget(QWidget):
     def __init__(self, napari_viewer, parent=None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.worker = None
-        self.kind_combo = combo(KINDS)
-        self.size = spin(64, 8, 512, 8)
-        scale = dspin(16.0, 0.0, 512.0, 1.0, 1)
-        scale.setSpecialValueText("use octaves")
+        self.job: Job | None = None
+        self.kind = ComboBox(choices=list(KINDS), label="kind")
+        self.size = SpinBox(value=64, min=8, max=512, step=8, label="size N (N^3 grid)")
+        scale = FloatSpinBox(value=16.0, min=0.0, max=512.0, step=1.0, label="feature scale",
+                             tooltip="Perlin feature size in grid units (0: use octaves)")
+        scale.native.setSpecialValueText("use octaves")
+        fill = {"value": 0.6, "min": 0.05, "max": 1.0, "step": 0.05, "label": "fill",
+                "tooltip": "fraction of the box the mesh spans"}
         self.params: dict[str, dict] = {
-            "Perlin noise": {"scale": scale, "octaves": spin(4, 1, 64), "layers": spin(1, 1, 6),
-                             "mean": dspin(0.5, 0.01, 0.99, 0.05),
-                             "amplitude": dspin(0.25, 0.0, 2.0, 0.05),
-                             "seed": spin(0, 0, 2**31 - 1)},
-            "Stanford bunny": {"fill": dspin(0.6, 0.05, 1.0, 0.05), "rotation": _Rotation()},
-            "Mesh file": {"path": PathEdit("file", filter="Meshes (*.ply *.stl *.obj *.off *.glb)"),
-                          "fill": dspin(0.6, 0.05, 1.0, 0.05), "rotation": _Rotation()},
-            "Sphere": {"radius": dspin(16.0, 1.0, 256.0, 1.0, 1)},
+            "Perlin noise": {
+                "scale": scale,
+                "octaves": SpinBox(value=4, min=1, max=64, label="octaves",
+                                   tooltip="Perlin lattice cells per box length"),
+                "layers": SpinBox(value=1, min=1, max=6, label="fractal layers"),
+                "mean": FloatSpinBox(value=0.5, min=0.01, max=0.99, step=0.05, label="mean phi"),
+                "amplitude": FloatSpinBox(value=0.25, min=0.0, max=2.0, step=0.05,
+                                          label="amplitude"),
+                "seed": SpinBox(value=0, min=0, max=2**31 - 1, label="random seed")},
+            "Stanford bunny": {"fill": FloatSpinBox(**fill), "rotation": _rotation()},
+            "Mesh file": {"path": FileEdit(mode="r", filter=MESH_FILTER, nullable=True,
+                                           label="mesh file"),
+                          "fill": FloatSpinBox(**fill), "rotation": _rotation()},
+            "Sphere": {"radius": FloatSpinBox(value=16.0, min=1.0, max=256.0, step=1.0,
+                                              label="radius")},
             "Two spheres": {},
-            "Slab": {"width": dspin(32.0, 1.0, 511.0, 1.0, 1), "axis": combo("zyx", "z")},
-            "Random spheres": {"n": spin(8, 1, 1000), "r_min": dspin(4.0, 1.0, 128.0, 1.0, 1),
-                               "r_max": dspin(10.0, 1.0, 128.0, 1.0, 1),
-                               "seed": spin(0, 0, 2**31 - 1)},
+            "Slab": {"width": FloatSpinBox(value=32.0, min=1.0, max=511.0, step=1.0,
+                                           label="width"),
+                     "axis": ComboBox(choices=list("zyx"), value="z", label="axis")},
+            "Random spheres": {
+                "n": SpinBox(value=8, min=1, max=1000, label="spheres"),
+                "r_min": FloatSpinBox(value=4.0, min=1.0, max=128.0, step=1.0, label="r min"),
+                "r_max": FloatSpinBox(value=10.0, min=1.0, max=128.0, step=1.0, label="r max"),
+                "seed": SpinBox(value=0, min=0, max=2**31 - 1, label="random seed")},
         }
-        tips = {"scale": "Perlin feature size in grid units (overrides octaves)",
-                "octaves": "Perlin lattice cells per box length", "layers": "fractal layers",
-                "fill": "fraction of the box the mesh spans", "rotation": "Euler angles in degrees"}
-        self.pages = QStackedWidget()
-        for kind in KINDS:
-            page, form = QWidget(), QFormLayout()
-            page.setLayout(form)
-            form.setContentsMargins(0, 0, 0, 0)
-            for name, widget in self.params[kind].items():
-                widget.setToolTip(tips.get(name, ""))
-                form.addRow(name.replace("_", " "), widget)
-            self.pages.addWidget(page)
-        self.kind_combo.currentIndexChanged.connect(self.pages.setCurrentIndex)
-        self.add_button = QPushButton("Add seed layer")
-        self.add_button.clicked.connect(self.add_seed)
-
-        form = QFormLayout()
-        form.addRow("kind", self.kind_combo)
-        form.addRow("size N (N^3 grid)", self.size)
+        self.pages = {kind: Container(widgets=list(p.values())) for kind, p in self.params.items()}
+        for page in self.pages.values():
+            page.margins = (0, 0, 0, 0)
+        self.kind.changed.connect(self._show_page)
+        self.add_button = PushButton(text="Add seed layer")
+        self.add_button.changed.connect(lambda: self.add_seed())
+        self.form = Container(widgets=[self.kind, self.size, *self.pages.values(),
+                                       self.add_button])
         layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.pages)
-        layout.addWidget(self.add_button)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.form.native)
         layout.addStretch(1)
+        self._show_page(self.kind.value)
+
+    def _show_page(self, kind: str) -> None:
+        for name, page in self.pages.items():
+            page.visible = name == kind
 
     @property
     def running(self) -> bool:
-        return self.worker is not None
+        return self.job is not None
 
     def values(self) -> tuple[str, int, dict]:
         """The chosen kind, grid size and parameters (as passed to :func:`make_seed`)."""
-        kind = self.kind_combo.currentText()
-        params = {k: _value(w) for k, w in self.params[kind].items()}
+        kind = self.kind.value
+        params = {k: w.value for k, w in self.params[kind].items()}
         if "scale" in params:
             params["scale"] = params["scale"] or None  # 0 is shown as "use octaves"
-        return kind, self.size.value(), params
+        if "path" in params:
+            params["path"] = str(params["path"]) if params["path"] else ""
+        return kind, int(self.size.value), params
 
     def add_seed(self) -> bool:
-        """Compute the seed in a worker; the layer is added when it is ready."""
+        """Compute the seed in a job; the layer is added when it is ready."""
         if self.running:
-            show_error("A seed is already being computed: wait for it to appear")
+            show_error("Wait for the seed being computed to appear")
             return False
         kind, size, params = self.values()
-        self.add_button.setEnabled(False)
-        self.add_button.setText("computing ...")
-        self.worker = _seed_worker(kind, size, params)
-        self.worker.returned.connect(lambda result: self._add_layer(kind, size, params, *result))
-        self.worker.finished.connect(self._done)
-        self.worker.start()
+        self.add_button.enabled = False
+        self.add_button.text = "computing ..."
+        self.job = Job(self, _seed_job, kind, size, params, name="napari-chflow seed",
+                       on_done=lambda phi, error: self._add_layer(kind, size, params, phi, error))
+        self.job.start()
         return True
 
-    def _done(self) -> None:
-        self.worker = None
-        self.add_button.setEnabled(True)
-        self.add_button.setText("Add seed layer")
-
-    def _add_layer(self, kind: str, size: int, params: dict, phi, message) -> None:
-        if message:
-            show_error(message)
+    def _add_layer(self, kind: str, size: int, params: dict, phi, error) -> None:
+        self.job = None
+        self.add_button.enabled = True
+        self.add_button.text = "Add seed layer"
+        if error is not None:
+            show_error(failure_message(kind, params, error), error)
             return
         seed = {"kind": KINDS[kind], "shape": [size] * 3,
                 **{k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}}
