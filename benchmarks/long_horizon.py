@@ -1,0 +1,58 @@
+"""The long-horizon numbers of a CRNN checkpoint on chosen 64^3 Perlin ICs (the development check
+behind the ablation table of docs/training.md; the model card and the validation report run the
+same measurement on their own held-out ICs).
+
+    python benchmarks/long_horizon.py runs/e2/best.pt --ics 901:0.5 902:0.4 --n-tau 1000
+
+Each IC ``SEED:MEAN`` is ``seeds.perlin((size,)*3, mean=MEAN, seed=SEED)``; the ground truth is
+the spectral solver. Prints one line per IC: max relative F/V error (t >= 1, both on the model
+grid) and at t = 10, 50, 100, 300 (where reached), the fraction of steps in which F/V rises, the
+coarsening exponents over the last decade of t, the bulk/gradient ratio at the end, phi's range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from napari_chflow.model import load_checkpoint, load_pretrained
+from napari_chflow.seeds import perlin
+from napari_chflow.validation.long_horizon import long_run, summarize
+
+MARKS = (10, 50, 100, 300)  # times t at which the F/V error is also printed
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", help="a checkpoint file, or 'default' for the shipped model")
+    p.add_argument("--ics", nargs="+", default=["901:0.5", "902:0.4"], metavar="SEED:MEAN")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--n-tau", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_pretrained() if args.checkpoint == "default" else load_checkpoint(args.checkpoint)
+    for item in args.ics:
+        seed, mean = item.split(":")
+        start = time.perf_counter()
+        run = long_run(model, perlin((args.size,) * 3, mean=float(mean), seed=int(seed)),
+                       args.n_tau)
+        s = summarize(run)
+        rel = np.abs(run["parts_crnn"].sum(1) / run["parts_gt"].sum(1) - 1)
+        marks = {t: round(float(rel[int(t / model.info.tau)]), 3) for t in MARKS
+                 if t / model.info.tau <= args.n_tau}
+        print(f"{args.checkpoint} IC {seed}:{mean}: max F/V error {s['max_rel_f']:.3f} {marks} "
+              f"rises {s['rises']:.3f} (solver {s['rises_gt']:.3f}) exponent "
+              f"{s['exponent_crnn']:.3f} vs {s['exponent_gt']:.3f} (diff {s['exponent_diff']:.3f}) "
+              f"bulk/gradient {s['ratio_crnn']:.3f} vs {s['ratio_gt']:.3f} phi "
+              f"[{s['phi_min']:.3f}, {s['phi_max']:.3f}] "
+              f"{'DIVERGED ' + run['diverged'] if run['diverged'] else ''}"
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
