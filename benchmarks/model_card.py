@@ -149,6 +149,10 @@ def _architecture(info) -> str:
         text += (f" Not in the paper: an energy guard (`CRNN.guard`) after each step, at most "
                  f"{info.guard_iters} explicit Cahn-Hilliard relaxation steps of {info.guard_dt:.3g} "
                  "time units on the model grid while the step raised the free energy.")
+    if info.flux_limit is not None:
+        text += (f" Not in the paper: a flux limiter in the divergence layer (Zalesak's "
+                 f"flux-corrected transport, `model.limited_divergence`) keeps phi within "
+                 f"[{-info.flux_limit:g}, {1 + info.flux_limit:g}]; mass stays exact.")
     return text
 
 

@@ -98,7 +98,9 @@ class ModelInfo:
     ``mobility``), grid ``downscale`` factor and how the full grid maps to it (``coarse``:
     "nearest" sampling as in the paper, or the block "mean"), training recipe and data
     description. ``guard_iters > 0`` turns on the energy guard (:meth:`CRNN.guard`, not in the
-    paper) with at most that many relaxation steps of ``guard_dt`` (model time units) each."""
+    paper) with at most that many relaxation steps of ``guard_dt`` (model time units) each.
+    ``flux_limit = m`` (not in the paper; None = off) keeps phi within ``[-m, 1 + m]`` by
+    limiting the fluxes of the divergence layer (:func:`limited_divergence`)."""
 
     config: CRNNConfig
     tau: float = TAU
@@ -112,6 +114,7 @@ class ModelInfo:
     coarse: str = "nearest"
     guard_iters: int = 0
     guard_dt: float = 0.0
+    flux_limit: float | None = None
 
 
 # --------------------------------------------------------------------------- network
@@ -202,6 +205,34 @@ class _ConvGRUCell(nn.Module):
         return h + z * (n - h)
 
 
+def limited_divergence(phi: torch.Tensor, u: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """The divergence layer's update with Zalesak's flux limiter (flux-corrected transport):
+    ``phi + result`` stays within ``[lo, hi]`` wherever ``phi`` is, and mass is conserved exactly.
+
+    ``u`` ``(B, 3, Z, Y, X)``; :meth:`CRNN.divergence` (periodic central differences) equals the
+    difference of the face fluxes ``G_d[i] = (u_d[i] + u_d[i+1]) / 2``, mass moved from cell
+    ``i+1`` into cell ``i`` along axis ``d``. Each face flux is scaled by ``min(R+ of the cell it
+    fills, R- of the cell it drains)``, ``R+ = min(1, (hi - phi) / inflow)`` and ``R- = min(1,
+    (phi - lo) / outflow)``; where nothing would overshoot, the result is the plain divergence.
+    Differentiable almost everywhere. Returns ``(B, Z, Y, X)``.
+    """
+    with torch.autocast(u.device.type, enabled=False):
+        flux = [(u[:, d] + torch.roll(u[:, d], -1, d + 1)) * 0.5 for d in range(3)]
+        prev = [torch.roll(f, 1, d + 1) for d, f in enumerate(flux)]  # face i - 1/2
+        inflow = sum(torch.relu(f) + torch.relu(-g) for f, g in zip(flux, prev))
+        outflow = sum(torch.relu(-f) + torch.relu(g) for f, g in zip(flux, prev))
+        room_up, room_down = (hi - phi).clamp(min=0), (phi - lo).clamp(min=0)
+        r_up = torch.where(inflow > room_up, room_up / inflow.clamp(min=1e-30), 1.0)
+        r_down = torch.where(outflow > room_down, room_down / outflow.clamp(min=1e-30), 1.0)
+        out = torch.zeros_like(phi)
+        for d, f in enumerate(flux):
+            up_next, down_next = torch.roll(r_up, -1, d + 1), torch.roll(r_down, -1, d + 1)
+            f = f * torch.where(f >= 0, torch.minimum(r_up, down_next),
+                                torch.minimum(up_next, r_down))
+            out = out + f - torch.roll(f, 1, d + 1)
+        return out
+
+
 def _autocast(device_type: str, mode: str | None):
     if mode is None:
         return contextlib.nullcontext()
@@ -220,7 +251,8 @@ class CRNN(nn.Module):
     def __init__(self, config: CRNNConfig = CRNNConfig(), *, tau: float = TAU, eps: float = EPS,
                  mobility: float = MOBILITY, downscale: int = 2, recipe: dict | None = None,
                  data: dict | None = None, version: str = __version__, coarse: str = "nearest",
-                 guard_iters: int = 0, guard_dt: float | None = None):
+                 guard_iters: int = 0, guard_dt: float | None = None,
+                 flux_limit: float | None = None):
         super().__init__()
         if int(downscale) != downscale or downscale < 1:
             raise ValueError(f"downscale must be a positive integer, got {downscale!r}")
@@ -239,9 +271,13 @@ class CRNN(nn.Module):
         # toFlux; no bias on the last conv: a constant u has no divergence (and its mean is removed)
         self.to_flux = _mapping(h, h, config, c_final=3, bias=False)
         n_params = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        if flux_limit is not None and not 0 <= flux_limit <= 1:
+            raise ValueError(f"flux_limit={flux_limit!r}: use None (off) or a margin in [0, 1] "
+                             "beyond [0, 1]")
         self.info = ModelInfo(config, float(tau), float(eps), float(mobility), int(downscale),
                               dict(recipe or {}), dict(data or {}), str(version), n_params,
-                              coarse, int(guard_iters), guard_dt)
+                              coarse, int(guard_iters), guard_dt,
+                              None if flux_limit is None else float(flux_limit))
         self.extra: dict = {}
 
     @property
@@ -278,7 +314,11 @@ class CRNN(nn.Module):
             u = self.to_flux(_pad_cat([x], p))
         u = u.to(phi.dtype)
         u = (u - u.mean(dim=(1, 2, 3), keepdim=True)).permute(0, 4, 1, 2, 3)
-        phi_next = phi + self.divergence(u)
+        if self.info.flux_limit is None:
+            phi_next = phi + self.divergence(u)
+        else:
+            m = self.info.flux_limit
+            phi_next = phi + limited_divergence(phi, u, -m, 1.0 + m)
         if self.info.guard_iters:
             phi_next = self.guard(phi, phi_next)
         return phi_next, new
@@ -535,6 +575,7 @@ def checkpoint_payload(model: CRNN, *, recipe: dict, data: dict, extra: dict | N
             "config": asdict(info.config), "tau": info.tau, "eps": info.eps,
             "mobility": info.mobility, "downscale": info.downscale, "param_count": info.param_count,
             "coarse": info.coarse, "guard_iters": info.guard_iters, "guard_dt": info.guard_dt,
+            "flux_limit": info.flux_limit,
             "recipe": _safe(dict(recipe), "recipe"), "data": _safe(dict(data), "data"),
             "extra": _safe(dict(extra or {}), "extra"), "sha256": _digest(state),
             "state_dict": state}
@@ -573,7 +614,8 @@ def model_from_payload(payload, source: str = "checkpoint") -> CRNN:
     kwargs = dict(tau=payload["tau"], eps=payload["eps"], mobility=payload["mobility"],
                   downscale=payload["downscale"], recipe=payload["recipe"], data=payload["data"],
                   version=payload["version"], coarse=payload.get("coarse", "nearest"),
-                  guard_iters=payload.get("guard_iters", 0), guard_dt=payload.get("guard_dt"))
+                  guard_iters=payload.get("guard_iters", 0), guard_dt=payload.get("guard_dt"),
+                  flux_limit=payload.get("flux_limit"))
     try:
         config = CRNNConfig(**payload["config"])
         with torch.device("meta"):  # shapes only: nothing is allocated before they match
@@ -607,6 +649,9 @@ def _header_problem(payload: dict) -> str | None:
     d = payload["downscale"]
     if not (isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 16):
         return f"downscale = {d!r} (it must be an integer from 1 to 16)"
+    limit = payload.get("flux_limit")
+    if limit is not None and not (_number(limit) and 0 <= limit <= 1):
+        return f"flux_limit = {limit!r} (it must be None or a number from 0 to 1)"
     guard = payload.get("guard_iters", 0)
     if not (isinstance(guard, int) and not isinstance(guard, bool) and 0 <= guard <= GUARD_MAX):
         return f"guard_iters = {guard!r} (it must be an integer from 0 to {GUARD_MAX})"

@@ -128,7 +128,9 @@ class TrainConfig:
     uniformly in time; ``bptt``: truncate backpropagation every ``bptt`` steps (0 = off);
     ``energy_weight``, ``split_weight``, ``descent_weight``, ``bounds_weight``: weights of the
     free-energy and phi-range terms added to the voxel-wise MSE; ``guard_iters``: the model's energy guard
-    (:meth:`napari_chflow.model.CRNN.guard`), on in training and in the saved model, 0 = off."""
+    (:meth:`napari_chflow.model.CRNN.guard`), on in training and in the saved model, 0 = off;
+    ``flux_limit``: the model's flux limiter margin (phi kept within ``[-m, 1 + m]``,
+    :func:`napari_chflow.model.limited_divergence`), None = off."""
 
     epochs: int = 100
     lr: float = 1e-3
@@ -152,6 +154,7 @@ class TrainConfig:
     descent_weight: float = 0.0
     bounds_weight: float = 0.0
     guard_iters: int = 0
+    flux_limit: float | None = None
     model: CRNNConfig = CRNNConfig()
 
 
@@ -405,6 +408,8 @@ def _check(config: TrainConfig, stored: TrainConfig | None, n_train: int, n_val:
         (config.bptt < 0, f"bptt={config.bptt}: use 0 (off) or a positive step count (--bptt)"),
         (config.guard_iters < 0, f"guard_iters={config.guard_iters}: use 0 (off) or a positive "
          "number of relaxation steps (--energy-guard)"),
+        (config.flux_limit is not None and not 0 <= config.flux_limit <= 1,
+         f"flux_limit={config.flux_limit}: use a margin in [0, 1] (--flux-limit)"),
         (min(config.energy_weight, config.split_weight, config.descent_weight,
              config.bounds_weight) < 0, "loss weights must be >= 0: check --energy-weight, "
          "--split-weight, --descent-weight, --bounds-weight"),
@@ -596,7 +601,8 @@ def train(
         torch.manual_seed(config.seed)
         physics = {k: getattr(data.config, k) for k in ("tau", "eps", "mobility")}
         model = CRNN(config.model, downscale=config.downscale, coarse=config.coarse,
-                     guard_iters=config.guard_iters, **physics).to(ranks.device)
+                     guard_iters=config.guard_iters, flux_limit=config.flux_limit,
+                     **physics).to(ranks.device)
         parent = _initial_weights(model, config.init) if state is None else state.get("parent")
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         history, wall, start = [], 0.0, 0
@@ -717,6 +723,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="energy guard: after each CRNN step, up to N Cahn-Hilliard relaxation steps on the "
              "model grid while the free energy rose (in training and in the saved model; "
              f"default {d.guard_iters} = off, the paper's CRNN)")
+    add("--flux-limit", type=float, metavar="M",
+        help="flux limiter: keep phi within [-M, 1 + M] by limiting the divergence layer's "
+             "fluxes, mass still exact (in training and in the saved model; default: off, the "
+             "paper's CRNN)")
     add("--grad-clip", type=float, help=f"max gradient norm, 0 = off (default {d.grad_clip})")
     add("--seed", type=int, help=f"seed of weights, data order, augmentation (default {d.seed})")
     add("--device", help="cpu (default) or cuda")

@@ -327,11 +327,42 @@ def test_checkpoint_round_trip(tmp_path):
         assert torch.equal(loaded(seq, n_steps=2), model(seq, n_steps=2))
 
 
+def test_flux_limiter_bounds_phi_conserves_mass_and_is_the_plain_layer_when_idle():
+    from napari_chflow.model import limited_divergence
+
+    torch.manual_seed(0)
+    phi = torch.rand(2, 8, 8, 8, dtype=torch.float64)
+    u = 0.4 * torch.randn(2, 3, 8, 8, 8, dtype=torch.float64)
+    plain = make_model().divergence(u)
+    assert float((phi + plain).max()) > 1.3 and float((phi + plain).min()) < -0.3
+    limited = limited_divergence(phi, u, -0.05, 1.05)
+    new = phi + limited
+    assert float(new.max()) <= 1.05 + 1e-12 and float(new.min()) >= -0.05 - 1e-12
+    torch.testing.assert_close(limited.sum(dim=(1, 2, 3)), torch.zeros(2, dtype=torch.float64),
+                               atol=1e-12, rtol=0)
+    # bounds far away: exactly the paper's central-difference divergence
+    torch.testing.assert_close(limited_divergence(phi, u, -1e3, 1e3), plain)
+    # in the model: a limited CRNN keeps phi in range over a rollout, the plain one does not
+    phi0 = field((16, 16, 16), seed=7)
+    free_model, bounded_model = make_model(seed=5), make_model(seed=5, flux_limit=0.05)
+    with torch.no_grad():  # strong fluxes: an untrained CRNN barely moves phi
+        for m in (free_model, bounded_model):
+            m.to_flux[-1].weight.mul_(30)
+    free, bounded = rollout(free_model, phi0, 6), rollout(bounded_model, phi0, 6)
+    assert free.max() > 1.05 or free.min() < -0.05
+    assert bounded.max() <= 1.05 + 1e-5 and bounded.min() >= -0.05 - 1e-5
+    np.testing.assert_allclose(bounded.astype(np.float64).sum(axis=(1, 2, 3)),
+                               bounded[0].astype(np.float64).sum(), rtol=1e-5)
+    with pytest.raises(ValueError, match="flux_limit"):
+        CRNN(flux_limit=-0.1)
+
+
 def test_checkpoint_keeps_grid_mapping_and_energy_guard(tmp_path):
     model = save_default(tmp_path / "m.pt", make_model(seed=3, coarse="mean", guard_iters=7,
-                                                        guard_dt=0.01))
+                                                        guard_dt=0.01, flux_limit=0.1))
     loaded = load_checkpoint(tmp_path / "m.pt")
     assert (loaded.info.coarse, loaded.info.guard_iters, loaded.info.guard_dt) == ("mean", 7, 0.01)
+    assert loaded.info.flux_limit == 0.1
     phi0 = field((8, 8, 8), seed=5)
     np.testing.assert_array_equal(rollout(loaded, phi0, 2)[0], downsample(phi0, 2, "mean"))
     np.testing.assert_array_equal(rollout(loaded, phi0, 2), rollout(model, phi0, 2))
