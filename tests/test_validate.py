@@ -82,12 +82,16 @@ def test_training_spec_reads_the_checkpoint_description():
     spec = training_spec(model)
     assert (spec.size, spec.frames, spec.n_tau, spec.known) == (32, 20, 19, True)
     assert spec.train_seeds == {sequence_params(cfg, i)["seed"] for i in range(6)}
+    windows = CRNN(data={"config": cfg.to_dict()}, recipe={"train_config": {"window": 12}})
+    assert training_spec(windows).n_tau == 11  # the sampled windows are what it saw
     blank = training_spec(CRNN())
     assert (blank.size, blank.n_tau, blank.known) == (64, 49, False)
 
 
-def test_heldout_ics_avoid_training_seeds_and_have_mean_one_half():
+def test_heldout_ics_avoid_training_seeds_and_have_the_asked_mean():
     cfg = DatasetConfig(n_seq=5, size=16, seed=3)
+    low = heldout_ics(TrainingSpec(16, 10, 0.5, True, cfg), 1, 16, mean=0.4)[0][0]
+    assert float(low.mean()) == pytest.approx(0.4, abs=1e-5)
     first = heldout_ics(TrainingSpec(16, 10, 0.5, True, cfg), 2, 16)
     # pretend the first held-out Perlin seed was a training seed: it must be skipped
     spec = TrainingSpec(16, 10, 0.5, True, cfg, frozenset({first[0][1]["seed"]}))

@@ -31,7 +31,8 @@ class TrainingSpec:
 
 def training_spec(model) -> TrainingSpec:
     """Read the training box, sequence length and Perlin seeds from ``model.info.data`` /
-    ``model.info.recipe`` (a ``frames`` limit in the train config shortens the sequences)."""
+    ``model.info.recipe`` (a ``frames`` limit or a ``window`` in the train config shortens the
+    sequences the model saw)."""
     data, recipe = model.info.data or {}, model.info.recipe or {}
     cfg = None
     if isinstance(data.get("config"), dict):
@@ -42,9 +43,10 @@ def training_spec(model) -> TrainingSpec:
     if cfg is None:
         return TrainingSpec(64, 50, model.info.tau, False)
     frames = cfg.frames
-    limit = (recipe.get("train_config") or {}).get("frames")
-    if limit:
-        frames = min(frames, int(limit))
+    tc = recipe.get("train_config") or {}
+    for limit in (tc.get("frames"), tc.get("window")):  # first frames, then sampled windows
+        if limit:
+            frames = min(frames, int(limit))
     params = (sequence_params(cfg, i) for i in range(cfg.n_seq))
     seeds = frozenset(p["seed"] for p in params if p["kind"] == "perlin")  # not the sphere seeds
     return TrainingSpec(cfg.size, frames, cfg.tau, True, cfg, seeds)
