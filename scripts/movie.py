@@ -16,18 +16,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from screenshot import REPO, evolved_viewer, wait
+from screenshot import REPO, add_run_arguments, evolved_viewer, wait
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("-o", "--out", default=str(REPO / "docs" / "evolution.gif"))
-    parser.add_argument("--size", type=int, default=64, help="seed grid N (N^3)")
-    parser.add_argument("--n-tau", type=int, default=40, help="frames to evolve")
-    parser.add_argument("--seed", type=int, default=2, help="Perlin random seed")
-    parser.add_argument("--solver", default="spectral", choices=("explicit", "spectral"))
-    parser.add_argument("--checkpoint", help="CRNN checkpoint (default: the shipped model)")
-    parser.add_argument("--window", default="1400x640", help="window size WxH in pixels")
+    add_run_arguments(parser, REPO / "docs" / "evolution.gif", "1400x640")
     parser.add_argument("--width", type=int, default=480, help="movie width in pixels")
     parser.add_argument("--fps", type=float, default=8.0, help="frames per second")
     parser.add_argument("--max-mb", type=float, default=2.0, help="largest file size")

@@ -105,15 +105,20 @@ def evolved_viewer(args, width: int, height: int, docked: bool = True):
     return viewer, app, panels
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("-o", "--out", default=str(REPO / "docs" / "screenshot.png"))
+def add_run_arguments(parser: argparse.ArgumentParser, out: Path, window: str) -> None:
+    """The options of the run both scripts record: output path, seed, solver, model, window."""
+    parser.add_argument("-o", "--out", default=str(out))
     parser.add_argument("--size", type=int, default=64, help="seed grid N (N^3)")
     parser.add_argument("--n-tau", type=int, default=40, help="frames to evolve")
     parser.add_argument("--seed", type=int, default=2, help="Perlin random seed")
     parser.add_argument("--solver", default="spectral", choices=("explicit", "spectral"))
     parser.add_argument("--checkpoint", help="CRNN checkpoint (default: the shipped model)")
-    parser.add_argument("--window", default="1600x1100", help="window size WxH in pixels")
+    parser.add_argument("--window", default=window, help="window size WxH in pixels")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_run_arguments(parser, REPO / "docs" / "screenshot.png", "1600x1100")
     parser.add_argument("--max-kb", type=int, default=300, help="largest PNG size")
     args = parser.parse_args(argv)
 
