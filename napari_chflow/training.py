@@ -130,7 +130,9 @@ class TrainConfig:
     free-energy and phi-range terms added to the voxel-wise MSE; ``guard_iters``: the model's energy guard
     (:meth:`napari_chflow.model.CRNN.guard`), on in training and in the saved model, 0 = off;
     ``flux_limit``: the model's flux limiter margin (phi kept within ``[-m, 1 + m]``,
-    :func:`napari_chflow.model.limited_divergence`), None = off."""
+    :func:`napari_chflow.model.limited_divergence`), None = off; ``stop_after``: end the run
+    after this many epochs in total while the lr schedule still spans ``epochs`` (a staged run
+    continued later with ``resume``), None = run all ``epochs``."""
 
     epochs: int = 100
     lr: float = 1e-3
@@ -155,12 +157,14 @@ class TrainConfig:
     bounds_weight: float = 0.0
     guard_iters: int = 0
     flux_limit: float | None = None
+    stop_after: int | None = None
     model: CRNNConfig = CRNNConfig()
 
 
 LR_SCHEDULES = ("constant", "cosine")
 LR_FINAL_FRACTION = 0.05
-RESUMABLE_FIELDS = ("epochs", "lr", "lr_schedule", "grad_clip", "device", "num_threads")
+RESUMABLE_FIELDS = ("epochs", "lr", "lr_schedule", "grad_clip", "device", "num_threads",
+                    "stop_after")
 """Fields that may change when a run is resumed; all others must match the stored run."""
 
 
@@ -400,6 +404,9 @@ def _check(config: TrainConfig, stored: TrainConfig | None, n_train: int, n_val:
                                 f"{old!r}: keep the stored value or train into a new folder")
     problems = [
         (config.epochs < 1, f"epochs={config.epochs}: use epochs >= 1"),
+        (config.stop_after is not None and not 1 <= config.stop_after <= config.epochs,
+         f"stop_after={config.stop_after}: use 1 <= stop_after <= epochs ({config.epochs}) "
+         "(--stop-after)"),
         (config.batch_size < 1, f"batch_size={config.batch_size}: use batch_size >= 1"),
         (config.lr <= 0, f"lr={config.lr}: use a positive learning rate"),
         (config.input_noise < 0, f"input_noise={config.input_noise}: use a std >= 0 (--input-noise)"),
@@ -574,7 +581,9 @@ def train(
         resumed = load_checkpoint(last_path)
         state = resumed.extra["train_state"]
         stored = config_from_dict(state["config"])
-    config = config or stored or TrainConfig()
+    if config is None and stored is not None:  # a resumed staged run goes on to the end
+        config = dataclasses.replace(stored, stop_after=None)
+    config = config or TrainConfig()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     ranks, created = _setup_ranks(config.device)
@@ -628,9 +637,10 @@ def train(
 
         full = n_frames - 1
         n_batches = math.ceil(len(train_set) / config.batch_size)
-        bar = tqdm(total=(config.epochs - start) * n_batches, desc="train", unit="batch",
+        end = config.stop_after or config.epochs
+        bar = tqdm(total=max(end - start, 0) * n_batches, desc="train", unit="batch",
                    disable=not progress or not writer)
-        for epoch in range(start, config.epochs):
+        for epoch in range(start, end):
             t0 = time.perf_counter()
             n_gen = curriculum_length(epoch, n_frames, config.curriculum_epochs)
             lr = optimizer.param_groups[0]["lr"] = learning_rate(config, epoch)
@@ -731,6 +741,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--seed", type=int, help=f"seed of weights, data order, augmentation (default {d.seed})")
     add("--device", help="cpu (default) or cuda")
     add("--threads", dest="num_threads", type=int, help="torch CPU threads per process")
+    add("--stop-after", type=int, metavar="N", help="end after epoch N of --epochs; the lr "
+        "schedule still spans --epochs, and --resume continues it (default: all epochs)")
     add("--resume", action="store_true", help="continue the run in --out after its last epoch")
     add("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -739,7 +751,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """:class:`TrainConfig` from :func:`add_arguments` options; options left unset come from the
     stored run when resuming, else from the defaults."""
-    base = (stored_config(args.out) if args.resume else None) or TrainConfig()
+    stored = stored_config(args.out) if args.resume else None
+    base = dataclasses.replace(stored, stop_after=None) if stored else TrainConfig()
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "model"]
     given = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     if given.get("grad_clip") == 0:

@@ -27,6 +27,7 @@ from napari_chflow.training import (
     best_epoch_number,
     curriculum_length,
     learning_rate,
+    main,
     LossWeights,
     load_sequences,
     loss_terms,
@@ -203,6 +204,27 @@ def test_stop_mid_epoch_then_resume_equals_uninterrupted(tiny_dataset, reference
               progress=False)
     train(tiny_dataset, tmp_path, None, resume=True, progress=False)  # None: the stored config
     _assert_same_run(reference_run[0], tmp_path)
+
+
+def test_staged_run_keeps_the_schedule_and_resumes_to_the_end(tiny_dataset, reference_run,
+                                                               tmp_path):
+    """``stop_after`` ends the run early with the lr of the full schedule; resuming from the
+    command line (no --stop-after) completes it as if it had never stopped."""
+    config = dataclasses.replace(CONFIG, lr_schedule="cosine", stop_after=2)
+    full = tmp_path / "full"
+    train(tiny_dataset, full, dataclasses.replace(config, stop_after=None), progress=False)
+    staged = tmp_path / "staged"
+    train(tiny_dataset, staged, config, progress=False)
+    history = _history(staged)
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert [h["lr"] for h in history] == [learning_rate(config, e) for e in (0, 1)]
+    assert history[1]["lr"] > learning_rate(dataclasses.replace(config, epochs=2), 1)
+    with pytest.raises(TrainingError, match="stop-after"):
+        train(tiny_dataset, tmp_path / "bad", dataclasses.replace(config, stop_after=4),
+              progress=False)
+    assert main([str(tiny_dataset), "-o", str(staged), "--resume", "--quiet"]) == 0
+    assert [h["epoch"] for h in _history(staged)] == [0, 1, 2]
+    _assert_same_run(full, staged)
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tiny_dataset, reference_run, tmp_path):
