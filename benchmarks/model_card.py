@@ -145,14 +145,17 @@ def _architecture(info) -> str:
             f"divergence output layer; {info.param_count} trainable parameters (paper: ~2.9e4). "
             f"tau = {info.tau}, eps = {info.eps}, runs on the x1/{info.downscale} grid "
             f"({info.coarse} {'sampling, as in the paper' if info.coarse == 'nearest' else 'of each block'}).")
-    if info.guard_iters:
-        text += (f" Not in the paper: an energy guard (`CRNN.guard`) after each step, at most "
-                 f"{info.guard_iters} explicit Cahn-Hilliard relaxation steps of {info.guard_dt:.3g} "
-                 "time units on the model grid while the step raised the free energy.")
+    extras = []
     if info.flux_limit is not None:
-        text += (f" Not in the paper: a flux limiter in the divergence layer (Zalesak's "
-                 f"flux-corrected transport, `model.limited_divergence`) keeps phi within "
-                 f"[{-info.flux_limit:g}, {1 + info.flux_limit:g}]; mass stays exact.")
+        extras.append(f"a flux limiter in the divergence layer (Zalesak's flux-corrected "
+                      f"transport, `model.limited_divergence`) keeps phi within "
+                      f"[{-info.flux_limit:g}, {1 + info.flux_limit:g}] with mass exact")
+    if info.guard_iters:
+        extras.append(f"an energy guard (`CRNN.guard`): after a step that raised the free "
+                      f"energy, at most {info.guard_iters} explicit Cahn-Hilliard relaxation steps "
+                      f"of {info.guard_dt:.3g} time units on the model grid")
+    if extras:
+        text += " Not in the paper: " + "; ".join(extras) + "."
     return text
 
 

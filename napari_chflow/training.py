@@ -464,7 +464,8 @@ def _write_logs(out: Path, history: list[dict]) -> None:
         ax.semilogy(epochs, [h[key] for h in history], style, label=label)
     best = select_best_epoch(history) + 1
     ax.axvline(best, color="0.6", lw=0.8, label=f"best.pt (epoch {best})")
-    ax.set(xlabel="epoch", ylabel="voxel-wise MSE")
+    ax.set(xlabel="epoch", ylabel="loss: MSE of phi + weighted terms")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend()
     with DRAW_LOCK:
         atomic_write(out / "loss.png", lambda tmp: fig.savefig(tmp, format="png", dpi=80))
