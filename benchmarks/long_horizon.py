@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 
+from model_card import CHECK_TAU, accuracy  # benchmarks/ is on the path when run as a script
 from napari_chflow.model import load_checkpoint, load_pretrained
 from napari_chflow.seeds import perlin
-from napari_chflow.validation import paired_run
-from napari_chflow.validation.long_horizon import long_run, rest_drift, summarize
+from napari_chflow.validation.long_horizon import fv_error, long_run, rest_drift, summarize
 
 MARKS = (10, 50, 100, 300)  # times t at which the F/V error is also printed
 
@@ -53,19 +52,16 @@ def main(argv=None) -> None:
     if "long" in args.checks:
         _long(model, args)
     if "short" in args.checks:
-        marks = (10, 50, 100)
-        delta = np.mean([[paired_run(model, perlin((64,) * 3, mean=0.5, seed=seed), 100,
-                                     np.arange(101))[0]["delta"][t] for t in marks]
-                         for seed in args.short_seeds], axis=0)
-        print(f"{args.checkpoint} displacement at {marks} tau: "
-              f"{' / '.join(f'{d:.3f}' for d in delta)}", flush=True)
+        by_tau = accuracy(model, 64, args.short_seeds)["by_tau"]
+        delta = " / ".join(f"{by_tau[t]['delta']:.3f}" for t in CHECK_TAU)
+        print(f"{args.checkpoint} displacement at {CHECK_TAU} tau: {delta}", flush=True)
     if "rest" in args.checks:
         drift = rest_drift(model, 32, 1000)
         print(f"{args.checkpoint} slab at rest, displacement after steps: "
               f"{ {k: round(v, 3) for k, v in drift.items()} }", flush=True)
     if "early" in args.checks:
         run = long_run(model, perlin((128,) * 3, mean=0.5, seed=args.early_seed), 40)
-        rel = np.abs(run["parts_crnn"].sum(1) / run["parts_gt"].sum(1) - 1)
+        rel = fv_error(run)
         print(f"{args.checkpoint} early 128^3 (seed {args.early_seed}): max F/V error over 40 tau "
               f"{rel.max():.3f} at t = {run['t'][rel.argmax()]:g}", flush=True)
 
@@ -77,7 +73,7 @@ def _long(model, args) -> None:
         run = long_run(model, perlin((args.size,) * 3, mean=float(mean), seed=int(seed)),
                        args.n_tau)
         s = summarize(run)
-        rel = np.abs(run["parts_crnn"].sum(1) / run["parts_gt"].sum(1) - 1)
+        rel = fv_error(run)
         marks = {t: round(float(rel[int(t / model.info.tau)]), 3) for t in MARKS
                  if t / model.info.tau <= args.n_tau}
         print(f"{args.checkpoint} IC {seed}:{mean}: max F/V error {s['max_rel_f']:.3f} {marks} "

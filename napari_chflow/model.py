@@ -49,6 +49,7 @@ from .physics import (
     explicit_dt_limit,
     free_energy_parts,
     gradient_flow_step,
+    is_count,
     resolve_device,
 )
 
@@ -57,8 +58,9 @@ FORMAT_VERSION = 1
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 COARSE_MODES = ("nearest", "mean")
 GUARD_DT_FRACTION = 0.6
-GUARD_MAX = 1000
 """Default energy-guard step as a fraction of the explicit stability bound on the model grid."""
+GUARD_MAX = 1000
+"""Most energy-guard relaxation steps a checkpoint may ask for."""
 
 
 class CheckpointError(ValueError):
@@ -460,7 +462,7 @@ def iter_rollout(model: CRNN, phi0, n_tau: int, warmup=None, device=None, upsamp
     Input errors raise ``ValueError`` at call time.
     """
     phi0 = _as_volumes(phi0, "phi0", 3)
-    if int(n_tau) != n_tau or n_tau < 0:
+    if not is_count(n_tau):
         raise ValueError(f"n_tau must be a non-negative integer, got {n_tau!r}")
     f = model.info.downscale
     start = to_model_grid(phi0, model.info)
@@ -640,6 +642,11 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _whole(value, lo: int, hi: int) -> bool:
+    """Whether ``value`` is an int (not a bool) in ``[lo, hi]``."""
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
 def _header_problem(payload: dict) -> str | None:
     """What is wrong with a checkpoint's physics, grid factor and architecture, or None."""
     for name in ("tau", "eps", "mobility"):
@@ -647,21 +654,20 @@ def _header_problem(payload: dict) -> str | None:
         if not (_number(value) and np.isfinite(value) and value > 0):
             return f"a non-physical {name} = {value!r} (it must be a positive number)"
     d = payload["downscale"]
-    if not (isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 16):
+    if not _whole(d, 1, 16):
         return f"downscale = {d!r} (it must be an integer from 1 to 16)"
     limit = payload.get("flux_limit")
     if limit is not None and not (_number(limit) and 0 <= limit <= 1):
         return f"flux_limit = {limit!r} (it must be None or a number from 0 to 1)"
     guard = payload.get("guard_iters", 0)
-    if not (isinstance(guard, int) and not isinstance(guard, bool) and 0 <= guard <= GUARD_MAX):
+    if not _whole(guard, 0, GUARD_MAX):
         return f"guard_iters = {guard!r} (it must be an integer from 0 to {GUARD_MAX})"
     config = payload["config"]
     if not isinstance(config, dict):
         return f"an architecture of type {type(config).__name__} (it must be a dict)"
     for name, (lo, hi) in CONFIG_BOUNDS.items():
         value = config.get(name)
-        if name in config and not (isinstance(value, int) and not isinstance(value, bool)
-                                   and lo <= value <= hi):
+        if name in config and not _whole(value, lo, hi):
             return f"an architecture with {name} = {value!r} (supported: {lo} to {hi})"
     return None
 

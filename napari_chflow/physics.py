@@ -404,7 +404,7 @@ def iter_simulate(
     does not fit in memory) raise ``ValueError`` at call time, before any frame.
     """
     _validate_phi(phi0)
-    if not _count(n_tau):
+    if not is_count(n_tau):
         raise ValueError(f"n_tau must be a non-negative integer, got {n_tau!r}")
     run = _plan(solver, tau, eps, mobility, dt, force)
     dev = resolve_device(device)
@@ -444,7 +444,7 @@ def _simulate_frames(phi0, n_tau: int, run: _Run, dev: torch.device, dtype: torc
         yield frame
 
 
-def _count(n) -> bool:
+def is_count(n) -> bool:
     """Whether ``n`` is a non-negative whole number (3 and 3.0 are; -1, 2.5, nan, "3" are not)."""
     try:
         return int(n) == n and n >= 0

@@ -257,6 +257,11 @@ class LossWeights:
     eps: float = EPS
 
 
+def _mse(pred: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+    """Voxel-wise MSE per sample ``(B,)`` of ``pred`` against frames ``1..T-1`` of ``seq``."""
+    return ((pred - seq[:, 1:]) ** 2).mean(dim=tuple(range(1, seq.ndim)))
+
+
 def loss_terms(pred: torch.Tensor, seq: torch.Tensor, spacing: float = 2.0,
                eps: float = EPS) -> dict[str, torch.Tensor]:
     """Per-sample loss terms ``(B,)`` of predicted frames ``pred`` ``(B, T-1, Z, Y, X)`` against
@@ -286,7 +291,7 @@ def loss_terms(pred: torch.Tensor, seq: torch.Tensor, spacing: float = 2.0,
     hi = seq[:, 1:].amax(dim=frames, keepdim=True).clamp(min=1.0)
     lo = seq[:, 1:].amin(dim=frames, keepdim=True).clamp(max=0.0)
     return {
-        "mse": ((pred - seq[:, 1:]) ** 2).mean(dim=dims),
+        "mse": _mse(pred, seq),
         "energy": ((f[:, 1:] / f_true[:, 1:] - 1) ** 2).mean(1),
         "split": ((split[:, 1:] - split_true[:, 1:]) ** 2).mean(1),
         "descent": torch.relu(rel - rel_true).mean(1),
@@ -305,7 +310,7 @@ def sample_losses(model: torch.nn.Module, seq: torch.Tensor, n_gen: int,
                  detach_every=bptt)
     if weights is None or not (weights.energy or weights.split or weights.descent
                                or weights.bounds):
-        return ((pred - seq[:, 1:]) ** 2).mean(dim=tuple(range(1, seq.ndim)))
+        return _mse(pred, seq)
     terms = loss_terms(pred, seq, weights.spacing, weights.eps)
     return (terms["mse"] + weights.energy * terms["energy"] + weights.split * terms["split"]
             + weights.descent * terms["descent"] + weights.bounds * terms["bounds"])

@@ -30,7 +30,8 @@ RISE_TOL = 1e-4
 LONG_F_LIMIT = 0.10  # issue floor; the paper's own bound (5.5%) is shown beside it
 RISE_LIMIT = 0.02
 EXPONENT_LIMIT = 0.05
-PHI_RANGE = (-0.1, 1.1)
+OVERSHOOT_LIMIT = 0.1
+"""How far the CRNN's phi may leave [0, 1]."""
 RATIO_LIMIT = 0.10
 REST_LIMIT = 0.5
 
@@ -71,6 +72,11 @@ def long_run(model, phi0: np.ndarray, n_tau: int, solver: str = "spectral",
     return out
 
 
+def fv_error(run: dict) -> np.ndarray:
+    """``|F/V_CRNN / F/V_solver - 1|`` at every frame of :func:`long_run`'s ``run``."""
+    return np.abs(run["parts_crnn"].sum(1) / run["parts_gt"].sum(1) - 1)
+
+
 def rise_fraction(fv: np.ndarray, tol: float = RISE_TOL) -> float:
     """Fraction of steps ``k -> k+1`` of the finite series ``fv`` in which it rises by more than
     the relative tolerance ``tol``."""
@@ -87,7 +93,7 @@ def summarize(run: dict) -> dict:
     t = run["t"]
     fv_c, fv_g = run["parts_crnn"].sum(1), run["parts_gt"].sum(1)
     late = (t[-1] / 10, t[-1])
-    rel = np.abs(fv_c / fv_g - 1)[t >= 1]
+    rel = fv_error(run)[t >= 1]
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio_c = run["parts_crnn"][:, 0] / run["parts_crnn"][:, 1]
         ratio_g = run["parts_gt"][:, 0] / run["parts_gt"][:, 1]
@@ -150,7 +156,7 @@ def long_horizon(ctx: Context) -> Section:
               "equal (equipartition)", RATIO_LIMIT, "max", percent=True, from_paper=False),
         Check(where, "how far phi leaves [0, 1]",
               max(worst["phi_max"] - 1, -phi_min), "phi stays a phase field (bounded, fig. 4)",
-              PHI_RANGE[1] - 1, "max", from_paper=False),
+              OVERSHOOT_LIMIT, "max", from_paper=False),
         Check("7. rest", f"slab drift after {max(drift)} steps", drift[max(drift)],
               "the exact solution does not move", REST_LIMIT, "max", unit=" grid units",
               from_paper=False),
