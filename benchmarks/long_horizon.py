@@ -13,10 +13,17 @@ More checks of the same table (``--checks long short rest early``):
 
 - ``short``: mean interface displacement (grid units) from the explicit solver at 10, 50 and
   100 tau over the ICs ``--short-seeds`` (64^3, mean 0.5), as in the model card;
-- ``rest``: displacement of an equilibrium slab at rest after 10, 100, 1000 steps (32^3 box);
+- ``rest``: displacement of an equilibrium slab at rest after 10, 100, 1000 steps (32^3 box,
+  interfaces on nodes of the model grid, as in the report), then after 1000 steps for slabs
+  moved by 0.5, 1 and 1.5 grid units and for a diagonal (1, 1, 0) slab at two positions: a
+  lattice-pinned model moves every slab to the same sub-cell position;
 - ``early``: the largest F/V error over the first 40 tau (t <= 20) of a 128^3 IC with large
   features (``--early-seed``), the early spinodal stage that opens the report's coarsening
-  experiment.
+  experiment;
+- ``time``: the report's time extrapolation (section 1) on ``--time-ics`` development ICs, drawn
+  as the report draws its held-out ones but with seed offset ``--time-offset`` (the report:
+  10000): mean interface displacement from the solver and that of the no-change predictor at
+  10x and 100x the training length.
 """
 
 from __future__ import annotations
@@ -24,12 +31,17 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
 import torch
 
 from model_card import CHECK_TAU, accuracy  # benchmarks/ is on the path when run as a script
 from napari_chflow.model import load_checkpoint, load_pretrained
-from napari_chflow.seeds import perlin
+from napari_chflow.metrics import interface_displacement
+from napari_chflow.model import iter_rollout, to_model_grid
+from napari_chflow.seeds import perlin, slab, tanh_profile
+from napari_chflow.validation.heldout import heldout_ics, training_spec
 from napari_chflow.validation.long_horizon import fv_error, long_run, rest_drift, summarize
+from napari_chflow.validation.paired import paired_run, record_frames
 
 MARKS = (10, 50, 100, 300)  # times t at which the F/V error is also printed
 
@@ -42,9 +54,11 @@ def main(argv=None) -> None:
     p.add_argument("--n-tau", type=int, default=1000)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--checks", nargs="+", default=["long"], choices=("long", "short", "rest",
-                                                                     "early"))
+                                                                     "early", "time"))
     p.add_argument("--short-seeds", nargs="+", type=int, default=[911, 912, 913, 914])
     p.add_argument("--early-seed", type=int, default=903)
+    p.add_argument("--time-ics", type=int, default=3)
+    p.add_argument("--time-offset", type=int, default=20_000)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -59,11 +73,53 @@ def main(argv=None) -> None:
         drift = rest_drift(model, 32, 1000)
         print(f"{args.checkpoint} slab at rest, displacement after steps: "
               f"{ {k: round(v, 3) for k, v in drift.items()} }", flush=True)
+        _rest_positions(model, args)
     if "early" in args.checks:
         run = long_run(model, perlin((128,) * 3, mean=0.5, seed=args.early_seed), 40)
         rel = fv_error(run)
         print(f"{args.checkpoint} early 128^3 (seed {args.early_seed}): max F/V error over 40 tau "
               f"{rel.max():.3f} at t = {run['t'][rel.argmax()]:g}", flush=True)
+    if "time" in args.checks:
+        _time(model, args)
+
+
+def _diagonal_slab(center: float, n: int = 32, eps: float = 3.0) -> np.ndarray:
+    """A periodic slab normal to (1, 1, 0), half of its period wide, ``(n, n, n) float32``."""
+    _, y, x = np.meshgrid(*(np.arange(n),) * 3, indexing="ij")
+    s = (x + y - center + n / 2) % n - n / 2  # x + y is periodic with period n
+    width = n / np.sqrt(2) / 2
+    return tanh_profile(width / 2 - np.abs(s) / np.sqrt(2), eps).astype(np.float32)
+
+
+def _rest_positions(model, args) -> None:
+    eps = model.info.eps
+    cases = [(f"moved {o}", slab((32,) * 3, 16, 0, 16 + o, eps)) for o in (0.5, 1.0, 1.5)]
+    cases += [(f"diagonal at {c}", _diagonal_slab(c, eps=eps)) for c in (16.0, 16.7)]
+    out = {}
+    for name, phi0 in cases:
+        *_, last = iter_rollout(model, phi0, 1000)
+        out[name] = round(model.info.downscale * interface_displacement(
+            last, to_model_grid(phi0, model.info)), 3)
+    print(f"{args.checkpoint} slabs at rest, displacement after 1000 steps: {out}", flush=True)
+
+
+def _time(model, args) -> None:
+    spec = training_spec(model)
+    T = spec.n_tau
+    frames = record_frames(100 * T, 30, extra=[10 * T, 100 * T])
+    at = {k: int(np.searchsorted(frames, k * T)) for k in (10, 100)}
+    delta = {k: [] for k in at}
+    for phi0, params in heldout_ics(spec, args.time_ics, spec.size, args.time_offset):
+        trace = paired_run(model, phi0, 100 * T, frames)[0]
+        for k, i in at.items():
+            delta[k].append((trace["delta"][i], trace["delta_frozen"][i]))
+        print(f"{args.checkpoint} time IC seed {params['seed']}: delta / no-change "
+              f"{ {k: tuple(round(float(x), 3) for x in v[-1]) for k, v in delta.items()} }",
+              flush=True)
+    for k, pairs in delta.items():
+        d, d0 = (float(np.mean(x)) for x in zip(*pairs))
+        print(f"{args.checkpoint} time {k}x ({spec.size}^3, {k * T} steps): delta {d:.3f}, "
+              f"no-change {d0:.3f}, ratio {d / d0:.3f}", flush=True)
 
 
 def _long(model, args) -> None:

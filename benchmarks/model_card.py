@@ -154,6 +154,10 @@ def _architecture(info) -> str:
         extras.append(f"an energy guard (`CRNN.guard`): after a step that raised the free "
                       f"energy, at most {info.guard_iters} explicit Cahn-Hilliard relaxation steps "
                       f"of {info.guard_dt:.3g} time units on the model grid")
+    if info.lattice_average > 1:
+        extras.append(f"each step's flux field averaged over {info.lattice_average} images of "
+                      f"the state under the lattice's symmetries (`model.LATTICE_IMAGES`; "
+                      f"{info.lattice_average}x the cost per step), against lattice pinning")
     if extras:
         text += " Not in the paper: " + "; ".join(extras) + "."
     return text

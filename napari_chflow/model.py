@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.resources
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -60,6 +61,18 @@ COARSE_MODES = ("nearest", "mean")
 GUARD_DT_FRACTION = 0.6
 """Default energy-guard step as a fraction of the explicit stability bound on the model grid."""
 GUARD_MAX = 1000
+LATTICE_IMAGES = {
+    1: ((False, (0.0, 0.0, 0.0)),),
+    4: tuple((inv, s) for inv in (False, True) for s in ((0.0, 0.0, 0.0), (0.5, 0.5, 0.5))),
+    8: tuple((inv, s) for inv in (False, True)
+             for s in ((0.0, 0.0, 0.0), (0.5, 0.5, 0.0), (0.5, 0.0, 0.5), (0.0, 0.5, 0.5))),
+}
+"""Images of the model-grid state whose CRNN updates :meth:`CRNN.step` averages, by
+``lattice_average``: (point inversion?, shift in cells along Z, Y, X). A learned step on a coarse
+lattice is not quite translation- or inversion-invariant: a flat interface at rest creeps to
+preferred sub-cell positions (lattice pinning) or slides one way. Half-cell shifts cancel the
+first, inversion the second. 4: the body-centre shift, for interfaces along the grid axes; 8: the
+face-centre shifts, also for diagonal ones."""
 """Most energy-guard relaxation steps a checkpoint may ask for."""
 
 
@@ -102,7 +115,10 @@ class ModelInfo:
     description. ``guard_iters > 0`` turns on the energy guard (:meth:`CRNN.guard`, not in the
     paper) with at most that many relaxation steps of ``guard_dt`` (model time units) each.
     ``flux_limit = m`` (not in the paper; None = off) keeps phi within ``[-m, 1 + m]`` by
-    limiting the fluxes of the divergence layer (:func:`limited_divergence`)."""
+    limiting the fluxes of the divergence layer (:func:`limited_divergence`).
+    ``lattice_average = k`` (not in the paper; 1 = off) averages each step's update over ``k``
+    images of the state under the lattice's symmetries (:data:`LATTICE_IMAGES`, k times the
+    cost per step): interfaces no longer snap to preferred positions of the model grid."""
 
     config: CRNNConfig
     tau: float = TAU
@@ -117,6 +133,7 @@ class ModelInfo:
     guard_iters: int = 0
     guard_dt: float = 0.0
     flux_limit: float | None = None
+    lattice_average: int = 1
 
 
 # --------------------------------------------------------------------------- network
@@ -235,6 +252,29 @@ def limited_divergence(phi: torch.Tensor, u: torch.Tensor, lo: float, hi: float)
         return out
 
 
+def lattice_image(phi: torch.Tensor, inverted: bool, shift: tuple[float, float, float],
+                  inverse: bool = False) -> torch.Tensor:
+    """A field on the periodic model grid (last three axes) sampled at the nodes moved by
+    ``shift`` cells (band-limited: Fourier interpolation), then point-inverted (all three axes
+    reversed) if ``inverted``; ``inverse=True`` undoes it. For a flux field ``(B, 3, Z, Y, X)``
+    the caller also reverses its sign under inversion. The mean is kept."""
+    dims = (-3, -2, -1)
+    if inverse and inverted:
+        phi = torch.flip(phi, dims)
+    if any(shift):
+        sign = -1.0 if inverse else 1.0
+        spec = torch.fft.fftn(phi, dim=dims)
+        for axis, (n, s) in enumerate(zip(phi.shape[-3:], shift)):
+            if s:
+                k = torch.fft.fftfreq(n, device=phi.device, dtype=phi.dtype) * n
+                phase = torch.polar(torch.ones_like(k), sign * 2 * math.pi * k * s / n)
+                spec = spec * phase.reshape([n if a == axis else 1 for a in range(3)])
+        phi = torch.fft.ifftn(spec, dim=dims).real.to(phi.dtype)
+    if inverted and not inverse:
+        phi = torch.flip(phi, dims)
+    return phi
+
+
 def _autocast(device_type: str, mode: str | None):
     if mode is None:
         return contextlib.nullcontext()
@@ -254,18 +294,20 @@ class CRNN(nn.Module):
                  mobility: float = MOBILITY, downscale: int = 2, recipe: dict | None = None,
                  data: dict | None = None, version: str = __version__, coarse: str = "nearest",
                  guard_iters: int = 0, guard_dt: float | None = None,
-                 flux_limit: float | None = None):
+                 flux_limit: float | None = None, lattice_average: int = 1):
         super().__init__()
         if int(downscale) != downscale or downscale < 1:
             raise ValueError(f"downscale must be a positive integer, got {downscale!r}")
-        if coarse not in COARSE_MODES:
-            raise ValueError(f"unknown coarse grid mapping {coarse!r}: use one of "
-                             f"{', '.join(COARSE_MODES)}")
+        for problem in (option_problem(k, v) for k, v in (
+                ("coarse", coarse), ("guard_iters", guard_iters), ("flux_limit", flux_limit),
+                ("lattice_average", lattice_average))):
+            if problem:
+                raise ValueError(problem)
         limit = explicit_dt_limit(eps, mobility, downscale)
         guard_dt = GUARD_DT_FRACTION * limit if guard_dt is None else float(guard_dt)
-        if int(guard_iters) != guard_iters or guard_iters < 0 or not 0 < guard_dt <= limit:
-            raise ValueError(f"energy guard: use guard_iters >= 0 (0 = off) and 0 < guard_dt <= "
-                             f"{limit:.3g} (the explicit stability bound on the model grid)")
+        if not 0 < guard_dt <= limit:
+            raise ValueError(f"energy guard: use 0 < guard_dt <= {limit:.3g} (the explicit "
+                             "stability bound on the model grid)")
         h = config.hidden
         self.cells = nn.ModuleList(
             _ConvGRUCell(1 if i == 0 else h, config) for i in range(config.n_layers)
@@ -273,13 +315,11 @@ class CRNN(nn.Module):
         # toFlux; no bias on the last conv: a constant u has no divergence (and its mean is removed)
         self.to_flux = _mapping(h, h, config, c_final=3, bias=False)
         n_params = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        if flux_limit is not None and not 0 <= flux_limit <= 1:
-            raise ValueError(f"flux_limit={flux_limit!r}: use None (off) or a margin in [0, 1] "
-                             "beyond [0, 1]")
         self.info = ModelInfo(config, float(tau), float(eps), float(mobility), int(downscale),
                               dict(recipe or {}), dict(data or {}), str(version), n_params,
                               coarse, int(guard_iters), guard_dt,
-                              None if flux_limit is None else float(flux_limit))
+                              None if flux_limit is None else float(flux_limit),
+                              int(lattice_average))
         self.extra: dict = {}
 
     @property
@@ -296,7 +336,8 @@ class CRNN(nn.Module):
     def init_hidden(self, phi: torch.Tensor) -> list[torch.Tensor]:
         """Zero hidden state for ``phi`` ``(B, Z, Y, X)``: one channels-last ``(B, Z, Y, X, H)``
         per cell."""
-        shape = (*phi.shape, self.config.hidden)
+        k = self.info.lattice_average
+        shape = (phi.shape[0] * k, *phi.shape[1:], self.config.hidden)
         return [phi.new_zeros(shape) for _ in self.cells]
 
     def step(self, phi: torch.Tensor, hidden: list[torch.Tensor] | None = None,
@@ -307,15 +348,12 @@ class CRNN(nn.Module):
         reduced precision; the divergence update stays in ``phi``'s dtype, so mass is conserved.
         """
         hidden = self.init_hidden(phi) if hidden is None else hidden
-        p = self.config.kernel // 2
-        x, new = phi.unsqueeze(-1), []
-        with _autocast(phi.device.type, autocast):
-            for cell, h in zip(self.cells, hidden):
-                x = cell(x, h)
-                new.append(x)
-            u = self.to_flux(_pad_cat([x], p))
-        u = u.to(phi.dtype)
-        u = (u - u.mean(dim=(1, 2, 3), keepdim=True)).permute(0, 4, 1, 2, 3)
+        images = LATTICE_IMAGES[self.info.lattice_average]
+        x = torch.cat([lattice_image(phi, inv, shift) for inv, shift in images])
+        u, new = self._flux(x, hidden, autocast)
+        if len(images) > 1:  # each image's flux field mapped back (inversion reverses it)
+            u = sum(lattice_image(part, inv, shift, inverse=True) * (-1.0 if inv else 1.0)
+                    for part, (inv, shift) in zip(u.chunk(len(images)), images)) / len(images)
         if self.info.flux_limit is None:
             phi_next = phi + self.divergence(u)
         else:
@@ -324,6 +362,20 @@ class CRNN(nn.Module):
         if self.info.guard_iters:
             phi_next = self.guard(phi, phi_next)
         return phi_next, new
+
+    def _flux(self, phi: torch.Tensor, hidden: list[torch.Tensor],
+              autocast: str | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The paper's network: ConvGRU cells, then the flux field ``u`` ``(B, 3, Z, Y, X)``
+        (zero mean) whose divergence is the step's update; returns ``(u, hidden)``."""
+        p = self.config.kernel // 2
+        x, new = phi.unsqueeze(-1), []
+        with _autocast(phi.device.type, autocast):
+            for cell, h in zip(self.cells, hidden):
+                x = cell(x, h)
+                new.append(x)
+            u = self.to_flux(_pad_cat([x], p))
+        u = u.to(phi.dtype)
+        return (u - u.mean(dim=(1, 2, 3), keepdim=True)).permute(0, 4, 1, 2, 3), new
 
     def guard(self, phi: torch.Tensor, phi_next: torch.Tensor) -> torch.Tensor:
         """Energy guard: while the free energy of ``phi_next`` ``(B, Z, Y, X)`` on the model grid
@@ -479,7 +531,7 @@ def iter_rollout(model: CRNN, phi0, n_tau: int, warmup=None, device=None, upsamp
 
     cfg = model.config
     dev = resolve_device(device) if device is not None else next(model.parameters()).device
-    check_memory(rollout_bytes(phi0.shape, cfg.hidden, cfg.n_layers, f),
+    check_memory(rollout_bytes(phi0.shape, cfg.hidden, cfg.n_layers, f, model.info.lattice_average),
                  f"a CRNN rollout on a {'x'.join(map(str, phi0.shape))} grid", dev)
     if device is not None:
         model.to(dev)
@@ -577,7 +629,7 @@ def checkpoint_payload(model: CRNN, *, recipe: dict, data: dict, extra: dict | N
             "config": asdict(info.config), "tau": info.tau, "eps": info.eps,
             "mobility": info.mobility, "downscale": info.downscale, "param_count": info.param_count,
             "coarse": info.coarse, "guard_iters": info.guard_iters, "guard_dt": info.guard_dt,
-            "flux_limit": info.flux_limit,
+            "flux_limit": info.flux_limit, "lattice_average": info.lattice_average,
             "recipe": _safe(dict(recipe), "recipe"), "data": _safe(dict(data), "data"),
             "extra": _safe(dict(extra or {}), "extra"), "sha256": _digest(state),
             "state_dict": state}
@@ -617,7 +669,8 @@ def model_from_payload(payload, source: str = "checkpoint") -> CRNN:
                   downscale=payload["downscale"], recipe=payload["recipe"], data=payload["data"],
                   version=payload["version"], coarse=payload.get("coarse", "nearest"),
                   guard_iters=payload.get("guard_iters", 0), guard_dt=payload.get("guard_dt"),
-                  flux_limit=payload.get("flux_limit"))
+                  flux_limit=payload.get("flux_limit"),
+                  lattice_average=payload.get("lattice_average", 1))
     try:
         config = CRNNConfig(**payload["config"])
         with torch.device("meta"):  # shapes only: nothing is allocated before they match
@@ -647,6 +700,25 @@ def _whole(value, lo: int, hi: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
 
 
+def option_problem(name: str, value) -> str | None:
+    """What is wrong with the value of the model option ``name`` (``"coarse"``,
+    ``"guard_iters"``, ``"flux_limit"`` or ``"lattice_average"``) as ``"name = value: it must be ..."``, or None. The one
+    place these bounds live: the model, its checkpoint header and the training recipe use it."""
+    if name == "coarse":
+        ok, need = value in COARSE_MODES, f"one of {', '.join(COARSE_MODES)}"
+    elif name == "guard_iters":
+        ok, need = _whole(value, 0, GUARD_MAX), f"an integer from 0 (off) to {GUARD_MAX}"
+    elif name == "lattice_average":
+        ok = _whole(value, 1, 8) and value in LATTICE_IMAGES
+        need = f"one of {', '.join(map(str, LATTICE_IMAGES))} (1 = off)"
+    elif name == "flux_limit":
+        ok = value is None or (_number(value) and 0 <= value <= 1)
+        need = "None (off) or a margin from 0 to 1 beyond [0, 1]"
+    else:
+        raise KeyError(f"not a model option: {name!r}")
+    return None if ok else f"{name} = {value!r}: it must be {need}"
+
+
 def _header_problem(payload: dict) -> str | None:
     """What is wrong with a checkpoint's physics, grid factor and architecture, or None."""
     for name in ("tau", "eps", "mobility"):
@@ -656,12 +728,11 @@ def _header_problem(payload: dict) -> str | None:
     d = payload["downscale"]
     if not _whole(d, 1, 16):
         return f"downscale = {d!r} (it must be an integer from 1 to 16)"
-    limit = payload.get("flux_limit")
-    if limit is not None and not (_number(limit) and 0 <= limit <= 1):
-        return f"flux_limit = {limit!r} (it must be None or a number from 0 to 1)"
-    guard = payload.get("guard_iters", 0)
-    if not _whole(guard, 0, GUARD_MAX):
-        return f"guard_iters = {guard!r} (it must be an integer from 0 to {GUARD_MAX})"
+    for name, default in (("flux_limit", None), ("guard_iters", 0), ("coarse", "nearest"),
+                          ("lattice_average", 1)):
+        problem = option_problem(name, payload.get(name, default))
+        if problem:
+            return problem
     config = payload["config"]
     if not isinstance(config, dict):
         return f"an architecture of type {type(config).__name__} (it must be a dict)"

@@ -50,9 +50,11 @@ from .io import (
 from .model import (
     COARSE_MODES,
     CRNN,
+    LATTICE_IMAGES,
     CRNNConfig,
     downsample,
     load_checkpoint,
+    option_problem,
     save_checkpoint,
 )
 from .physics import EPS, free_energy_parts, resolve_device
@@ -130,7 +132,13 @@ class TrainConfig:
     free-energy and phi-range terms added to the voxel-wise MSE; ``guard_iters``: the model's energy guard
     (:meth:`napari_chflow.model.CRNN.guard`), on in training and in the saved model, 0 = off;
     ``flux_limit``: the model's flux limiter margin (phi kept within ``[-m, 1 + m]``,
-    :func:`napari_chflow.model.limited_divergence`), None = off; ``stop_after``: end the run
+    :func:`napari_chflow.model.limited_divergence`), None = off; ``rest_weight``: weight of
+    :func:`rest_losses`, slabs at rest at random sub-cell positions that the model must keep
+    where they are over ``rest_steps`` free-running steps, 0 = off; ``stride``: one model step
+    spans ``stride`` frames of the dataset (the model's tau is ``stride`` times the dataset's:
+    fewer steps per unit of time), 1 = the paper's; ``lattice_average``: the model's average over
+    lattice images (:data:`napari_chflow.model.LATTICE_IMAGES`), in training and in the saved
+    model, 1 = off; ``stop_after``: end the run
     after this many epochs in total while the lr schedule still spans ``epochs`` (a staged run
     continued later with ``resume``), None = run all ``epochs``."""
 
@@ -157,12 +165,20 @@ class TrainConfig:
     bounds_weight: float = 0.0
     guard_iters: int = 0
     flux_limit: float | None = None
+    rest_weight: float = 0.0
+    rest_steps: int = 32
+    stride: int = 1
+    lattice_average: int = 1
     stop_after: int | None = None
     model: CRNNConfig = CRNNConfig()
 
 
 LR_SCHEDULES = ("constant", "cosine")
 LR_FINAL_FRACTION = 0.05
+MODEL_OPTION_FLAGS = {"coarse": "--coarse", "guard_iters": "--energy-guard",
+                      "flux_limit": "--flux-limit", "lattice_average": "--lattice-average"}
+"""The command-line flag of each model option of the recipe (:func:`model.option_problem`)."""
+
 RESUMABLE_FIELDS = ("epochs", "lr", "lr_schedule", "grad_clip", "device", "num_threads",
                     "stop_after")
 """Fields that may change when a run is resumed; all others must match the stored run."""
@@ -224,14 +240,14 @@ def best_epoch_number(recipe: dict) -> int | str:
 
 
 def load_sequences(paths: list, downscale: int = 2, frames: int | None = None,
-                   coarse: str = "nearest") -> torch.Tensor:
+                   coarse: str = "nearest", stride: int = 1) -> torch.Tensor:
     """Read sequence stores into one ``(N, T, Z/d, Y/d, X/d) float32`` tensor (downscaled by
-    ``d = downscale`` with :func:`napari_chflow.model.downsample` mode ``coarse``, first
-    ``frames`` frames); ``(0,)`` for no paths."""
+    ``d = downscale`` with :func:`napari_chflow.model.downsample` mode ``coarse``; of the first
+    ``frames`` frames every ``stride``-th, from frame 0); ``(0,)`` for no paths."""
     seqs = []
     for path in paths:
         try:
-            phi = np.asarray(read_sequence(path)[0][:frames], dtype=np.float32)
+            phi = np.asarray(read_sequence(path)[0][:frames:stride], dtype=np.float32)
         except SequenceFormatError as err:  # corrupted on disk: the dataset command redoes it
             raise TrainingError(f"{err} (rerun the `chflow dataset` command that made this "
                                 "dataset: it regenerates damaged sequences)") from None
@@ -314,6 +330,60 @@ def sample_losses(model: torch.nn.Module, seq: torch.Tensor, n_gen: int,
     terms = loss_terms(pred, seq, weights.spacing, weights.eps)
     return (terms["mse"] + weights.energy * terms["energy"] + weights.split * terms["split"]
             + weights.descent * terms["descent"] + weights.bounds * terms["bounds"])
+
+
+def rest_states(rng: np.random.Generator, n: int, size: int, downscale: int = 2,
+                coarse: str = "nearest", eps: float = EPS) -> np.ndarray:
+    """``n`` equilibrium slabs on the model grid, ``(n, size/downscale, ...) float32``: the
+    full-grid ``size``^3 tanh slab (:func:`napari_chflow.seeds.slab`) with a random axis, a width
+    in [1/4, 3/4] of the box and a centre uniform in the box (so its interfaces sit anywhere
+    between the model grid's nodes), mapped by ``coarse``. The physics keeps each one where it
+    is."""
+    from .seeds import slab
+
+    out = []
+    for _ in range(n):
+        axis, width, center = int(rng.integers(3)), rng.uniform(0.25, 0.75) * size, rng.uniform(0, size)
+        out.append(downsample(slab((size,) * 3, width, axis, center, eps), downscale, coarse))
+    return np.stack(out)
+
+
+def slab_shift(phi: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """How far (cells) the slabs ``ref`` ``(B, Z, Y, X)`` have moved in ``phi`` ``(B, K, Z, Y,
+    X)`` along their normals: ``(B, K)``, from the phase of the first Fourier mode of the profile
+    along the axis where ``ref`` varies most: exact for whole cells, about 13% short for
+    sub-cell distances (the one-cell-wide profile aliases on the model grid); a change of the
+    profile's shape that keeps it symmetric does not count. Differentiable."""
+    shifts = []
+    for b in range(ref.shape[0]):
+        best = None
+        for axis in (-3, -2, -1):
+            n = ref.shape[axis]
+            others = tuple(a for a in (-3, -2, -1) if a != axis)
+            angle = torch.arange(n, dtype=ref.dtype, device=ref.device) * (2 * math.pi / n)
+            wave = torch.stack([torch.cos(angle), -torch.sin(angle)])  # c1 = re + i im
+
+            def mode(x, others=others, wave=wave):
+                return x.mean(dim=others) @ wave.T  # (..., 2): re, im of the first mode
+
+            r = mode(ref[b])
+            if best is None or float(r.norm()) > best[0]:
+                best = (float(r.norm()), r, mode(phi[b]), n)
+        _, r, p, n = best
+        # phase of p * conj(r); a translation by s multiplies the mode by exp(-2 pi i s / n)
+        cross = torch.stack([p[..., 0] * r[0] + p[..., 1] * r[1],
+                             p[..., 1] * r[0] - p[..., 0] * r[1]], -1)
+        shifts.append(-torch.atan2(cross[..., 1], cross[..., 0]) * (n / (2 * math.pi)))
+    return torch.stack(shifts)
+
+
+def rest_losses(model: torch.nn.Module, phi_rest: torch.Tensor, n_steps: int) -> torch.Tensor:
+    """Squared drift (model grid cells^2, :func:`slab_shift`) of the slabs at rest
+    ``phi_rest`` ``(B, Z, Y, X)`` over ``n_steps`` free-running steps, mean over the steps:
+    ``(B,)``; 0 for a model that keeps them where they are (whatever it does to their profile).
+    A lattice-pinned model (interfaces snapping to preferred sub-cell positions) pays for every
+    step of its drift."""
+    return (slab_shift(model(phi_rest[:, None], n_steps), phi_rest) ** 2).mean(1)
 
 
 def loss_weights(config: "TrainConfig", eps: float = EPS) -> LossWeights:
@@ -400,8 +470,16 @@ def _hardware(ranks: _Ranks) -> dict:
             "threads": torch.get_num_threads(), "torch": str(torch.__version__)}
 
 
-def _check(config: TrainConfig, stored: TrainConfig | None, n_train: int, n_val: int,
-           n_frames: int) -> None:
+def _refuse(problems: list[tuple[bool, str]]) -> None:
+    """Raise :class:`TrainingError` with the message of the first true condition."""
+    for bad, message in problems:
+        if bad:
+            raise TrainingError(message)
+
+
+def _check_config(config: TrainConfig, stored: TrainConfig | None) -> None:
+    """Refuse a recipe that is wrong on its own (before any data is read), or that differs from
+    the stored run's when resuming."""
     for f in dataclasses.fields(TrainConfig) if stored else ():  # resuming: same recipe
         old, new = getattr(stored, f.name), getattr(config, f.name)
         if f.name not in RESUMABLE_FIELDS and old != new:
@@ -415,25 +493,37 @@ def _check(config: TrainConfig, stored: TrainConfig | None, n_train: int, n_val:
         (config.batch_size < 1, f"batch_size={config.batch_size}: use batch_size >= 1"),
         (config.lr <= 0, f"lr={config.lr}: use a positive learning rate"),
         (config.input_noise < 0, f"input_noise={config.input_noise}: use a std >= 0 (--input-noise)"),
-        (config.window is not None and not 2 <= config.window <= max(n_frames, 2),
-         f"window={config.window}: use 2 <= window <= {n_frames}, the sequence length (--window)"),
         (config.bptt < 0, f"bptt={config.bptt}: use 0 (off) or a positive step count (--bptt)"),
-        (config.guard_iters < 0, f"guard_iters={config.guard_iters}: use 0 (off) or a positive "
-         "number of relaxation steps (--energy-guard)"),
-        (config.flux_limit is not None and not 0 <= config.flux_limit <= 1,
-         f"flux_limit={config.flux_limit}: use a margin in [0, 1] (--flux-limit)"),
+        (config.stride < 1, f"stride={config.stride}: use a whole number of frames >= 1 "
+         "(--stride)"),
+        (config.rest_weight < 0 or config.rest_steps < 1,
+         f"rest_weight={config.rest_weight}, rest_steps={config.rest_steps}: use a weight >= 0 "
+         "and at least 1 step (--rest-weight, --rest-steps)"),
         (min(config.energy_weight, config.split_weight, config.descent_weight,
              config.bounds_weight) < 0, "loss weights must be >= 0: check --energy-weight, "
          "--split-weight, --descent-weight, --bounds-weight"),
         (config.lr_schedule not in LR_SCHEDULES, f"lr_schedule={config.lr_schedule!r}: use one "
          f"of {', '.join(LR_SCHEDULES)}"),
+        (config.window is not None and config.window < 2,
+         f"window={config.window}: use 2 <= window <= the sequence length (--window)"),
+    ]
+    for name, flag in MODEL_OPTION_FLAGS.items():
+        problem = option_problem(name, getattr(config, name))
+        problems.append((problem is not None, f"{problem} ({flag})"))
+    _refuse(problems)
+
+
+def _check_data(config: TrainConfig, n_train: int, n_val: int, n_frames: int) -> None:
+    """Refuse a recipe that does not fit the loaded dataset."""
+    problems = [
+        (config.window is not None and config.window > max(n_frames, 2),
+         f"window={config.window}: use 2 <= window <= {n_frames}, the sequence length (--window)"),
         (n_train == 0 or n_val == 0, f"the dataset has {n_train} training and {n_val} validation "
          "sequences: generate one with at least 2 sequences and val_fraction > 0"),
-        (n_frames < 2, f"sequences have {n_frames} frame(s): use frames >= 2 (or None for all)"),
+        (n_frames < 2, f"sequences have {n_frames} frame(s) for training: use frames >= 2 (or "
+         "None for all) and a stride shorter than the sequences (--frames, --stride)"),
     ]
-    for bad, message in problems:
-        if bad:
-            raise TrainingError(message)
+    _refuse(problems)
 
 
 def _check_training_memory(config: TrainConfig, data, device: torch.device) -> None:
@@ -441,10 +531,10 @@ def _check_training_memory(config: TrainConfig, data, device: torch.device) -> N
     from .memory import check_memory, train_bytes
 
     c = data.config
-    frames = min(c.frames, config.frames or c.frames)
+    frames = math.ceil(min(c.frames, config.frames or c.frames) / config.stride)
     held, batch = train_bytes(len(data.train) + len(data.val), frames, c.size, config.downscale,
                               config.batch_size, config.model.hidden, config.model.n_layers,
-                              config.window)
+                              config.window, config.lattice_average)
     fix = "use fewer frames or sequences, a smaller batch size or a larger downscale"
     n = len(data.train) + len(data.val)
     what = f"training on {n} sequences of {frames} frames at {c.size}^3"
@@ -481,12 +571,13 @@ def _write_logs(out: Path, history: list[dict]) -> None:
 
 def _initial_weights(model: CRNN, init: str | None) -> dict | None:
     """Load the weights of checkpoint ``init`` into ``model`` (fine-tuning); returns the
-    parent's provenance for the new recipe (None without ``init``)."""
+    parent's provenance for the new recipe (None without ``init``). The parent may step by
+    another tau (a run with another ``stride`` starts from its weights)."""
     if init is None:
         return None
     parent = load_checkpoint(init)
     theirs, ours = parent.info, model.info
-    for name in ("config", "downscale", "tau", "eps", "mobility"):
+    for name in ("config", "downscale", "eps", "mobility"):
         if getattr(theirs, name) != getattr(ours, name):
             raise TrainingError(
                 f"cannot start from {init}: its {name} {getattr(theirs, name)!r} differs from this "
@@ -546,11 +637,18 @@ def _train_epoch(net, optimizer, data: torch.Tensor, config: TrainConfig, epoch:
         batch = torch.stack([augment(data[order[p], starts[p] : starts[p] + length], int(syms[p]))
                              for p in mine]).to(ranks.device)
         losses = sample_losses(net, batch, n_gen, config.input_noise, weights, config.bptt)
-        if not bool(torch.isfinite(losses).all()):
+        total = losses.mean()
+        if config.rest_weight:  # a function of (seed, epoch, batch): the same after a resume
+            rng = np.random.default_rng([config.seed, epoch, b, 0x52455354])  # "REST"
+            rest = rest_states(rng, len(mine), data.shape[-1] * config.downscale,
+                               config.downscale, config.coarse, weights.eps)
+            total = total + config.rest_weight * rest_losses(
+                net, torch.from_numpy(rest).to(ranks.device), config.rest_steps).mean()
+        if not bool(torch.isfinite(losses).all() and torch.isfinite(total)):
             raise TrainingError(f"training diverged (non-finite loss) in epoch {epoch + 1}: lower "
                                 "--lr or --grad-clip and resume; last.pt holds the last good epoch")
         optimizer.zero_grad(set_to_none=True)
-        (losses.mean() * weight).backward()
+        (total * weight).backward()
         if config.grad_clip:
             torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
         optimizer.step()
@@ -594,19 +692,19 @@ def train(
         torch.set_num_threads(config.num_threads)
     ranks, created = _setup_ranks(config.device)
     try:
-        if config.coarse not in COARSE_MODES:
-            raise TrainingError(f"coarse={config.coarse!r}: use one of {', '.join(COARSE_MODES)} "
-                                "(--coarse)")
+        _check_config(config, stored)
         data = load_dataset(dataset_dir)
         mismatch = _dataset_mismatch(resumed.info.data, data) if resumed is not None else None
         if mismatch:
             raise TrainingError(f"cannot resume the run in {out}: {mismatch}: resume with its "
                                 "dataset, or train on this one into a new output folder")
         _check_training_memory(config, data, ranks.device)
-        train_set = load_sequences(data.train, config.downscale, config.frames, config.coarse)
-        val_set = load_sequences(data.val, config.downscale, config.frames, config.coarse)
+        train_set = load_sequences(data.train, config.downscale, config.frames, config.coarse,
+                                   config.stride)
+        val_set = load_sequences(data.val, config.downscale, config.frames, config.coarse,
+                                 config.stride)
         n_frames = train_set.shape[1] if train_set.ndim == 5 else 0
-        _check(config, stored, len(train_set), len(val_set), n_frames)
+        _check_data(config, len(train_set), len(val_set), n_frames)
         if config.window and config.window < n_frames:  # validate on consecutive windows
             n_frames = config.window
             val_set = split_windows(val_set, n_frames)
@@ -614,9 +712,11 @@ def train(
         allowed = allowed_symmetries(train_set.shape)
 
         torch.manual_seed(config.seed)
-        physics = {k: getattr(data.config, k) for k in ("tau", "eps", "mobility")}
+        physics = {k: getattr(data.config, k) for k in ("eps", "mobility")}
+        physics["tau"] = data.config.tau * config.stride
         model = CRNN(config.model, downscale=config.downscale, coarse=config.coarse,
                      guard_iters=config.guard_iters, flux_limit=config.flux_limit,
+                     lattice_average=config.lattice_average,
                      **physics).to(ranks.device)
         parent = _initial_weights(model, config.init) if state is None else state.get("parent")
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -735,6 +835,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         f"ground truth's, or rising (default {d.descent_weight:g})")
     add("--bounds-weight", type=float, help="weight of the squared excursion of phi beyond "
         f"[0, 1] (or the true range if wider; default {d.bounds_weight:g})")
+    add("--rest-weight", type=float, help="weight of the drift of slabs at rest (random sub-cell "
+        "positions) over --rest-steps free-running steps; against lattice pinning (default "
+        f"{d.rest_weight:g})")
+    add("--rest-steps", type=int, help=f"steps of each rest rollout (default {d.rest_steps})")
+    add("--stride", type=int, help="frames of the dataset per model step: the model's tau is "
+        f"N times the dataset's (default {d.stride}, the paper's)")
     add("--energy-guard", dest="guard_iters", type=int, metavar="N",
         help="energy guard: after each CRNN step, up to N Cahn-Hilliard relaxation steps on the "
              "model grid while the free energy rose (in training and in the saved model; "
@@ -743,6 +849,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="flux limiter: keep phi within [-M, 1 + M] by limiting the divergence layer's "
              "fluxes, mass still exact (in training and in the saved model; default: off, the "
              "paper's CRNN)")
+    add("--lattice-average", type=int, metavar="K", choices=sorted(LATTICE_IMAGES),
+        help="average each step over K lattice images of the state (1, 4 or 8; K times the cost "
+             "per step; in training and in the saved model): interfaces stop snapping to the "
+             "model grid (default 1 = off, the paper's CRNN)")
     add("--grad-clip", type=float, help=f"max gradient norm, 0 = off (default {d.grad_clip})")
     add("--seed", type=int, help=f"seed of weights, data order, augmentation (default {d.seed})")
     add("--device", help="cpu (default) or cuda")

@@ -1,5 +1,6 @@
 """CRNN model: conservation, symmetry, grid mapping, rollout and the checkpoint format."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from napari_chflow.model import (
     available_pretrained,
     downsample,
     iter_rollout,
+    lattice_image,
     load_checkpoint,
     load_pretrained,
     rollout,
@@ -439,3 +441,47 @@ def test_checkpoint_stores_str_subclasses_as_plain_str(tmp_path):
     path = tmp_path / "m.pt"
     save_checkpoint(path, CRNN(), recipe={"torch": torch.__version__}, data={})
     assert load_checkpoint(path).info.recipe["torch"] == str(torch.__version__)
+
+
+def test_lattice_images_are_exact_symmetries_and_invert():
+    rng = np.random.default_rng(4)
+    phi = torch.from_numpy(rng.random((2, 8, 8, 8)))
+    for inverted in (False, True):
+        for shift in ((0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0, 0.5)):
+            image = lattice_image(phi, inverted, shift)
+            back = lattice_image(image, inverted, shift, inverse=True)
+            torch.testing.assert_close(image.sum(dim=(1, 2, 3)), phi.sum(dim=(1, 2, 3)))
+            if not any(shift):  # whole-cell operations lose nothing
+                torch.testing.assert_close(back, phi)
+    # a band-limited field sampled at the moved nodes, exactly; inversion reverses the axes
+    z = torch.arange(16, dtype=torch.float64)
+    wave = torch.cos(2 * np.pi * 3 * z / 16)[None, :, None, None].expand(1, 16, 4, 4)
+    moved = lattice_image(wave, False, (0.5, 0, 0))
+    torch.testing.assert_close(moved[0, :, 0, 0], torch.cos(2 * np.pi * 3 * (z + 0.5) / 16))
+    torch.testing.assert_close(lattice_image(phi, True, (0, 0, 0)), phi.flip(1, 2, 3))
+
+
+def test_lattice_average_keeps_a_slab_at_rest_where_the_plain_crnn_pins_it(tmp_path):
+    from napari_chflow.metrics import interface_displacement
+    from napari_chflow.seeds import slab
+
+    # the shipped weights without their energy guard (its coarse relaxation pins interfaces too)
+    plain, averaged = load_pretrained(), load_pretrained()
+    plain.info = dataclasses.replace(plain.info, guard_iters=0)
+    averaged.info = dataclasses.replace(plain.info, lattice_average=4)
+    save_checkpoint(tmp_path / "avg.pt", averaged, recipe={}, data={})
+    model = load_checkpoint(tmp_path / "avg.pt")
+    assert model.info.lattice_average == 4
+    phi0 = slab((32, 32, 32), width=16, axis=0)  # interfaces on nodes of the model grid
+    target = downsample(phi0, 2)
+    drift = {}
+    for name, m in (("plain", plain), ("averaged", model)):
+        frames = rollout(m, phi0, 200)
+        drift[name] = 2 * interface_displacement(frames[-1], target)  # full-grid units
+        np.testing.assert_allclose(frames.astype(np.float64).sum(axis=(1, 2, 3)),
+                                   float(target.astype(np.float64).sum()), rtol=1e-6)
+    # the plain CRNN moves the slab by about half a model cell (1 grid unit) to where its lattice
+    # prefers interfaces; averaged over images it stays
+    assert drift["plain"] > 0.8 and drift["averaged"] < 0.4
+    with pytest.raises(ValueError, match="lattice_average"):
+        CRNN(lattice_average=3)

@@ -17,7 +17,8 @@ import torch
 
 from napari_chflow import physics
 from napari_chflow.dataset import load_dataset
-from napari_chflow.model import load_checkpoint
+from napari_chflow.model import downsample, load_checkpoint
+from napari_chflow.seeds import slab
 from napari_chflow.training import (
     SYMMETRIES,
     TrainConfig,
@@ -29,6 +30,9 @@ from napari_chflow.training import (
     learning_rate,
     main,
     LossWeights,
+    rest_losses,
+    rest_states,
+    slab_shift,
     load_sequences,
     loss_terms,
     sample_losses,
@@ -368,16 +372,107 @@ def test_truncated_backprop_cuts_the_gradient_to_earlier_steps():
 def test_training_with_windows_energy_terms_and_guard(tiny_dataset, tmp_path):
     config = dataclasses.replace(CONFIG, epochs=2, curriculum_epochs=0, window=3, bptt=2,
                                  energy_weight=0.1, split_weight=0.1, descent_weight=1.0,
-                                 bounds_weight=1.0,
-                                 coarse="mean", guard_iters=5)
+                                 bounds_weight=1.0, rest_weight=1.0, rest_steps=2,
+                                 coarse="mean", guard_iters=5, lattice_average=4)
     model = load_checkpoint(train(tiny_dataset, tmp_path, config, progress=False))
-    assert (model.info.coarse, model.info.guard_iters) == ("mean", 5)
+    assert (model.info.coarse, model.info.guard_iters, model.info.lattice_average) == ("mean", 5, 4)
     history = _history(tmp_path)
     assert all(h["full_length"] == 2 for h in history)  # windows of 3 frames
     assert np.isfinite([h["val_loss_full"] for h in history]).all()
     for bad, match in [({"window": 1}, "window=1"), ({"bptt": -1}, "bptt=-1"),
                        ({"energy_weight": -1.0}, "--energy-weight"), ({"coarse": "max"}, "coarse"),
-                       ({"guard_iters": -2}, "--energy-guard")]:
+                       ({"guard_iters": -2}, "--energy-guard"),
+                       ({"rest_steps": 0}, "--rest-steps"), ({"rest_weight": -1.0}, "--rest-weight"),
+                       ({"lattice_average": 2}, "--lattice-average")]:
         with pytest.raises(TrainingError, match=match):
             train(tiny_dataset, tmp_path / "bad", dataclasses.replace(config, **bad),
                   progress=False)
+
+
+def _crossings(profile: np.ndarray) -> np.ndarray:
+    """Positions (cells) where a periodic 1D profile crosses 1/2, linearly interpolated."""
+    a, b = profile, np.roll(profile, -1)
+    i = np.nonzero((a - 0.5) * (b - 0.5) < 0)[0]
+    return i + (0.5 - a[i]) / (b[i] - a[i])
+
+
+def test_rest_states_are_slabs_with_interfaces_anywhere_between_the_nodes():
+    states = rest_states(np.random.default_rng(5), 40, 32)
+    assert states.shape == (40, 16, 16, 16) and states.dtype == np.float32
+    assert np.array_equal(states, rest_states(np.random.default_rng(5), 40, 32))
+    fractions, axes = [], set()
+    for phi in states:
+        axis = [a for a in range(3) if np.ptp(phi, axis=a).max() > 0.5]
+        assert len(axis) == 1  # flat: phi varies along one axis only
+        axes.add(axis[0])
+        profile = phi.mean(axis=tuple(a for a in range(3) if a != axis[0]))
+        cuts = _crossings(profile)
+        assert len(cuts) == 2 and 0.2 <= profile.mean() <= 0.8  # two interfaces, width 1/4-3/4
+        fractions += list(cuts % 1)
+    assert axes == {0, 1, 2}
+    # sub-cell positions spread over the cell, not pinned to nodes or midpoints
+    assert np.histogram(fractions, bins=4, range=(0, 1))[0].min() >= 8
+
+
+def test_rest_loss_counts_drift_of_the_slabs_not_changes_of_their_profile():
+    phi = torch.from_numpy(rest_states(np.random.default_rng(2), 3, 32))
+
+    class Shift(torch.nn.Module):  # moves every interface by `cells` per step (along all axes)
+        def __init__(self, cells: int):
+            super().__init__()
+            self.cells = cells
+
+        def forward(self, phi_in, n_steps):
+            return torch.stack([torch.roll(phi_in[:, 0], ((k + 1) * self.cells,) * 3, (1, 2, 3))
+                                for k in range(n_steps)], 1)
+
+    class Sharpen(torch.nn.Module):  # narrower interfaces, bulk beyond the wells: no motion
+        def forward(self, phi_in, n_steps):
+            return (0.5 + 1.3 * (phi_in[:, :1] - 0.5)).expand(-1, n_steps, -1, -1, -1)
+
+    assert torch.equal(rest_losses(Shift(0), phi, 4), torch.zeros(3))
+    # k cells after step k: the mean of k^2 over 4 steps is 7.5
+    torch.testing.assert_close(rest_losses(Shift(1), phi, 4), torch.full((3,), 7.5))
+    assert float(rest_losses(Sharpen(), phi, 4).max()) < 1e-8
+    # a sub-cell translation of a slab (a new one, centre moved by 0.3 grid units) is measured
+    a, b = (downsample(slab((32,) * 3, 12.0, 1, c), 2) for c in (15.0, 15.3))
+    shift = slab_shift(torch.from_numpy(b)[None, None], torch.from_numpy(a)[None])
+    assert 0.12 < float(shift) <= 0.15  # 0.3 grid units = 0.15 cells (aliased: 0.13)
+    model = CRNN_for_losses()
+    loss = rest_losses(model, phi, 3).sum()
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    assert float(loss) > 0 and any(g is not None and float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_a_bad_recipe_is_refused_before_the_dataset_is_read(tmp_path):
+    # the dataset folder does not exist: the recipe's own problem is named first, at once
+    for bad, match in [({"epochs": 3, "stop_after": 9}, "--stop-after"),
+                       ({"window": 1}, "--window"), ({"coarse": "max"}, "--coarse"),
+                       ({"rest_steps": 0}, "--rest-steps")]:
+        with pytest.raises(TrainingError, match=match):
+            train(tmp_path / "no_such_dataset", tmp_path / "out", TrainConfig(**bad),
+                  progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_stride_trains_a_model_that_steps_over_several_frames(tiny_dataset, reference_run,
+                                                             tmp_path):
+    from napari_chflow.validation.heldout import training_spec
+
+    data = load_dataset(tiny_dataset)
+    every = load_sequences(data.val, downscale=2)
+    strided = load_sequences(data.val, downscale=2, stride=2)
+    assert torch.equal(strided, every[:, ::2]) and strided.shape[1] == 3  # frames 0, 2, 4
+    # fine-tuned from the 1-frame model: same weights to start, one step = 2 frames = 2 tau
+    config = dataclasses.replace(CONFIG, epochs=1, curriculum_epochs=0, stride=2,
+                                 init=str(reference_run[0] / "best.pt"))
+    model = load_checkpoint(train(tiny_dataset, tmp_path, config, progress=False))
+    assert model.info.tau == 2 * data.config.tau
+    spec = training_spec(model)
+    assert (spec.frames, spec.tau) == (3, model.info.tau)  # 2 steps of 2 tau = the 4 tau it saw
+    with torch.no_grad():  # its validation loss is on the strided sequences
+        loss = float(sample_losses(model, strided, strided.shape[1] - 1).mean())
+    assert loss == pytest.approx(_history(tmp_path)[-1]["val_loss_full"], rel=1e-5)
+    with pytest.raises(TrainingError, match="--stride"):
+        train(tiny_dataset, tmp_path / "bad", dataclasses.replace(config, stride=9),
+              progress=False)

@@ -32,7 +32,7 @@ class TrainingSpec:
 def training_spec(model) -> TrainingSpec:
     """Read the training box, sequence length and Perlin seeds from ``model.info.data`` /
     ``model.info.recipe`` (a ``frames`` limit or a ``window`` in the train config shortens the
-    sequences the model saw)."""
+    sequences the model saw; a ``stride`` keeps every stride-th frame, ``tau`` apart)."""
     data, recipe = model.info.data or {}, model.info.recipe or {}
     cfg = None
     if isinstance(data.get("config"), dict):
@@ -42,14 +42,14 @@ def training_spec(model) -> TrainingSpec:
             cfg = None
     if cfg is None:
         return TrainingSpec(64, 50, model.info.tau, False)
-    frames = cfg.frames
     tc = recipe.get("train_config") or {}
-    for limit in (tc.get("frames"), tc.get("window")):  # first frames, then sampled windows
-        if limit:
-            frames = min(frames, int(limit))
+    stride = int(tc.get("stride") or 1)
+    frames = min(cfg.frames, int(tc.get("frames") or cfg.frames))  # first frames,
+    frames = len(range(0, frames, stride))  # every stride-th of them, then sampled windows
+    frames = min(frames, int(tc.get("window") or frames))
     params = (sequence_params(cfg, i) for i in range(cfg.n_seq))
     seeds = frozenset(p["seed"] for p in params if p["kind"] == "perlin")  # not the sphere seeds
-    return TrainingSpec(cfg.size, frames, cfg.tau, True, cfg, seeds)
+    return TrainingSpec(cfg.size, frames, cfg.tau * stride, True, cfg, seeds)
 
 
 def heldout_ics(spec: TrainingSpec, n: int, size: int, offset: int = 10_000,
