@@ -839,7 +839,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "positions) over --rest-steps free-running steps; against lattice pinning (default "
         f"{d.rest_weight:g})")
     add("--rest-steps", type=int, help=f"steps of each rest rollout (default {d.rest_steps})")
-    add("--stride", type=int, help="frames of the dataset per model step: the model's tau is "
+    add("--stride", type=int, metavar="N", help="frames of the dataset per model step: the model's tau is "
         f"N times the dataset's (default {d.stride}, the paper's)")
     add("--energy-guard", dest="guard_iters", type=int, metavar="N",
         help="energy guard: after each CRNN step, up to N Cahn-Hilliard relaxation steps on the "
