@@ -61,19 +61,19 @@ COARSE_MODES = ("nearest", "mean")
 GUARD_DT_FRACTION = 0.6
 """Default energy-guard step as a fraction of the explicit stability bound on the model grid."""
 GUARD_MAX = 1000
+"""Most energy-guard relaxation steps a checkpoint may ask for."""
 LATTICE_IMAGES = {
     1: ((False, (0.0, 0.0, 0.0)),),
     4: tuple((inv, s) for inv in (False, True) for s in ((0.0, 0.0, 0.0), (0.5, 0.5, 0.5))),
     8: tuple((inv, s) for inv in (False, True)
              for s in ((0.0, 0.0, 0.0), (0.5, 0.5, 0.0), (0.5, 0.0, 0.5), (0.0, 0.5, 0.5))),
 }
-"""Images of the model-grid state whose CRNN updates :meth:`CRNN.step` averages, by
+"""Images of the model-grid state over which :meth:`CRNN.step` averages the flux field, by
 ``lattice_average``: (point inversion?, shift in cells along Z, Y, X). A learned step on a coarse
 lattice is not quite translation- or inversion-invariant: a flat interface at rest creeps to
 preferred sub-cell positions (lattice pinning) or slides one way. Half-cell shifts cancel the
 first, inversion the second. 4: the body-centre shift, for interfaces along the grid axes; 8: the
 face-centre shifts, also for diagonal ones."""
-"""Most energy-guard relaxation steps a checkpoint may ask for."""
 
 
 class CheckpointError(ValueError):
@@ -116,8 +116,8 @@ class ModelInfo:
     paper) with at most that many relaxation steps of ``guard_dt`` (model time units) each.
     ``flux_limit = m`` (not in the paper; None = off) keeps phi within ``[-m, 1 + m]`` by
     limiting the fluxes of the divergence layer (:func:`limited_divergence`).
-    ``lattice_average = k`` (not in the paper; 1 = off) averages each step's update over ``k``
-    images of the state under the lattice's symmetries (:data:`LATTICE_IMAGES`, k times the
+    ``lattice_average = k`` (not in the paper; 1 = off) averages each step's flux field over
+    ``k`` images of the state under the lattice's symmetries (:data:`LATTICE_IMAGES`, k times the
     cost per step): interfaces no longer snap to preferred positions of the model grid."""
 
     config: CRNNConfig
@@ -334,8 +334,8 @@ class CRNN(nn.Module):
             return (parts[0] + parts[1] + parts[2]) * 0.5
 
     def init_hidden(self, phi: torch.Tensor) -> list[torch.Tensor]:
-        """Zero hidden state for ``phi`` ``(B, Z, Y, X)``: one channels-last ``(B, Z, Y, X, H)``
-        per cell."""
+        """Zero hidden state for ``phi`` ``(B, Z, Y, X)``: one channels-last ``(B k, Z, Y, X, H)``
+        per cell, ``k = lattice_average`` images of each sample."""
         k = self.info.lattice_average
         shape = (phi.shape[0] * k, *phi.shape[1:], self.config.hidden)
         return [phi.new_zeros(shape) for _ in self.cells]
@@ -349,9 +349,11 @@ class CRNN(nn.Module):
         """
         hidden = self.init_hidden(phi) if hidden is None else hidden
         images = LATTICE_IMAGES[self.info.lattice_average]
-        x = torch.cat([lattice_image(phi, inv, shift) for inv, shift in images])
-        u, new = self._flux(x, hidden, autocast)
-        if len(images) > 1:  # each image's flux field mapped back (inversion reverses it)
+        if len(images) == 1:  # the paper's step
+            u, new = self._flux(phi, hidden, autocast)
+        else:  # each image's flux field mapped back (inversion reverses it), then averaged
+            x = torch.cat([lattice_image(phi, inv, shift) for inv, shift in images])
+            u, new = self._flux(x, hidden, autocast)
             u = sum(lattice_image(part, inv, shift, inverse=True) * (-1.0 if inv else 1.0)
                     for part, (inv, shift) in zip(u.chunk(len(images)), images)) / len(images)
         if self.info.flux_limit is None:
@@ -531,7 +533,8 @@ def iter_rollout(model: CRNN, phi0, n_tau: int, warmup=None, device=None, upsamp
 
     cfg = model.config
     dev = resolve_device(device) if device is not None else next(model.parameters()).device
-    check_memory(rollout_bytes(phi0.shape, cfg.hidden, cfg.n_layers, f, model.info.lattice_average),
+    check_memory(rollout_bytes(phi0.shape, cfg.hidden, cfg.n_layers, f,
+                               model.info.lattice_average),
                  f"a CRNN rollout on a {'x'.join(map(str, phi0.shape))} grid", dev)
     if device is not None:
         model.to(dev)
@@ -702,8 +705,9 @@ def _whole(value, lo: int, hi: int) -> bool:
 
 def option_problem(name: str, value) -> str | None:
     """What is wrong with the value of the model option ``name`` (``"coarse"``,
-    ``"guard_iters"``, ``"flux_limit"`` or ``"lattice_average"``) as ``"name = value: it must be ..."``, or None. The one
-    place these bounds live: the model, its checkpoint header and the training recipe use it."""
+    ``"guard_iters"``, ``"flux_limit"`` or ``"lattice_average"``) as ``"name = value: it must be
+    ..."``, or None. The one place these bounds live: the model, its checkpoint header and the
+    training recipe use it."""
     if name == "coarse":
         ok, need = value in COARSE_MODES, f"one of {', '.join(COARSE_MODES)}"
     elif name == "guard_iters":

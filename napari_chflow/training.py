@@ -343,9 +343,19 @@ def rest_states(rng: np.random.Generator, n: int, size: int, downscale: int = 2,
 
     out = []
     for _ in range(n):
-        axis, width, center = int(rng.integers(3)), rng.uniform(0.25, 0.75) * size, rng.uniform(0, size)
+        axis, width = int(rng.integers(3)), rng.uniform(0.25, 0.75) * size
+        center = rng.uniform(0, size)
         out.append(downsample(slab((size,) * 3, width, axis, center, eps), downscale, coarse))
     return np.stack(out)
+
+
+def _first_mode(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """Real and imaginary part ``(..., 2)`` of the first Fourier mode of ``x``'s profile along
+    ``axis`` (one of the last three; the mean over the other two)."""
+    n = x.shape[axis]
+    angle = torch.arange(n, dtype=x.dtype, device=x.device) * (2 * math.pi / n)
+    profile = x.mean(dim=tuple(a for a in (-3, -2, -1) if a != axis))
+    return profile @ torch.stack([torch.cos(angle), -torch.sin(angle)]).T
 
 
 def slab_shift(phi: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -356,24 +366,13 @@ def slab_shift(phi: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     profile's shape that keeps it symmetric does not count. Differentiable."""
     shifts = []
     for b in range(ref.shape[0]):
-        best = None
-        for axis in (-3, -2, -1):
-            n = ref.shape[axis]
-            others = tuple(a for a in (-3, -2, -1) if a != axis)
-            angle = torch.arange(n, dtype=ref.dtype, device=ref.device) * (2 * math.pi / n)
-            wave = torch.stack([torch.cos(angle), -torch.sin(angle)])  # c1 = re + i im
-
-            def mode(x, others=others, wave=wave):
-                return x.mean(dim=others) @ wave.T  # (..., 2): re, im of the first mode
-
-            r = mode(ref[b])
-            if best is None or float(r.norm()) > best[0]:
-                best = (float(r.norm()), r, mode(phi[b]), n)
-        _, r, p, n = best
+        axis = max((-3, -2, -1), key=lambda a: float(_first_mode(ref[b], a).norm()))
+        r, p = _first_mode(ref[b], axis), _first_mode(phi[b], axis)
         # phase of p * conj(r); a translation by s multiplies the mode by exp(-2 pi i s / n)
         cross = torch.stack([p[..., 0] * r[0] + p[..., 1] * r[1],
                              p[..., 1] * r[0] - p[..., 0] * r[1]], -1)
-        shifts.append(-torch.atan2(cross[..., 1], cross[..., 0]) * (n / (2 * math.pi)))
+        cells_per_radian = ref.shape[axis] / (2 * math.pi)
+        shifts.append(-torch.atan2(cross[..., 1], cross[..., 0]) * cells_per_radian)
     return torch.stack(shifts)
 
 
@@ -839,8 +838,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "positions) over --rest-steps free-running steps; against lattice pinning (default "
         f"{d.rest_weight:g})")
     add("--rest-steps", type=int, help=f"steps of each rest rollout (default {d.rest_steps})")
-    add("--stride", type=int, metavar="N", help="frames of the dataset per model step: the model's tau is "
-        f"N times the dataset's (default {d.stride}, the paper's)")
+    add("--stride", type=int, metavar="N", help="frames of the dataset per model step: the "
+        f"model's tau is N times the dataset's (default {d.stride}, the paper's)")
     add("--energy-guard", dest="guard_iters", type=int, metavar="N",
         help="energy guard: after each CRNN step, up to N Cahn-Hilliard relaxation steps on the "
              "model grid while the free energy rose (in training and in the saved model; "
