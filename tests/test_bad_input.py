@@ -262,10 +262,24 @@ def test_debug_flag_and_environment_variable_print_the_traceback(files, capsys, 
 # --------------------------------------------------------------------------- in a subprocess
 
 
-def _chflow(*args: str, **kwargs) -> subprocess.Popen:
+@pytest.fixture
+def chflow():
+    """``chflow(*args, **popen_kwargs) -> Popen``: the CLI in a subprocess. Whatever is still
+    running when the test ends (a failed assertion, a timeout) is killed, so a long run cannot
+    outlive its test and load the machine under the tests that follow."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.Popen([sys.executable, "-m", "napari_chflow.cli", *args], env=env,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    procs: list[subprocess.Popen] = []
+
+    def spawn(*args: str, **kwargs) -> subprocess.Popen:
+        procs.append(subprocess.Popen([sys.executable, "-m", "napari_chflow.cli", *args],
+                                      env=env, stderr=subprocess.PIPE, text=True, **kwargs))
+        return procs[-1]
+
+    yield spawn
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def _wait_for_frames(path: Path, n: int, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -279,9 +293,9 @@ def _wait_for_frames(path: Path, n: int, proc: subprocess.Popen, timeout: float 
     raise AssertionError(f"{path} did not reach {n} frames")
 
 
-def test_ctrl_c_exits_130_and_marks_the_store_interrupted(files, tmp_path):
+def test_ctrl_c_exits_130_and_marks_the_store_interrupted(files, tmp_path, chflow):
     out = tmp_path / "run.zarr"
-    proc = _chflow("simulate", str(files["ic"]), "--n-tau", "100000", "-o", str(out))
+    proc = chflow("simulate", str(files["ic"]), "--n-tau", "100000", "-o", str(out))
     _wait_for_frames(out, 3, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -295,13 +309,14 @@ def test_ctrl_c_exits_130_and_marks_the_store_interrupted(files, tmp_path):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
-def test_overwrite_keeps_the_previous_result_until_the_new_one_is_complete(files, tmp_path, sig):
+def test_overwrite_keeps_the_previous_result_until_the_new_one_is_complete(files, tmp_path, sig,
+                                                                          chflow):
     out = tmp_path / "run.zarr"
     assert main(["simulate", str(files["ic"]), "--n-tau", "2", "--solver", "spectral",
                  "-o", str(out)]) == 0
     before = read_sequence(out)[0]
-    proc = _chflow("simulate", str(files["ic"]), "--n-tau", "100000", "-o", str(out),
-                   "--overwrite")
+    proc = chflow("simulate", str(files["ic"]), "--n-tau", "100000", "-o", str(out),
+                  "--overwrite")
     _wait_for_frames(out, 4, proc)
     proc.send_signal(sig)
     proc.communicate(timeout=60)
@@ -351,10 +366,10 @@ def _children(pid: int) -> set[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
-def test_dataset_workers_stop_when_the_parent_is_killed(tmp_path):
+def test_dataset_workers_stop_when_the_parent_is_killed(tmp_path, chflow):
     out = tmp_path / "data"
-    proc = _chflow("dataset", "--n-seq", "4", "--frames", "400", "--size", "16", "--workers", "2",
-                   "-o", str(out), "--quiet")
+    proc = chflow("dataset", "--n-seq", "4", "--frames", "400", "--size", "16", "--workers", "2",
+                  "-o", str(out), "--quiet")
     end, workers = time.monotonic() + 60, set()
     while time.monotonic() < end and len(list((out / "sequences").glob("*.partial-*"))) < 2:
         time.sleep(0.05)
