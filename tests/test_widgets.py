@@ -321,6 +321,12 @@ def test_runs_replace_or_go_beside_and_the_camera_is_fitted(make_napari_viewer, 
     rows = {evolve.layers[k].translate[-2] for k in ("solver", "crnn")}
     assert rows == {16 * (1 + evolve_module.GAP)}  # one box below the previous run
     _assert_fitted(viewer, evolve_module)
+    offsets = {layer.name: tuple(layer.translate) for layer in viewer.layers}
+    evolve.layout_choice.value = "grid"  # napari's grid places the layers: no offsets
+    assert viewer.canvas.grid.enabled and not any(np.any(layer.translate) for layer in viewer.layers)
+    evolve.layout_choice.value = "side by side"  # and back: every run where it was
+    assert not viewer.canvas.grid.enabled
+    assert {layer.name: tuple(layer.translate) for layer in viewer.layers} == offsets
     # the choice is remembered: a new widget starts with it
     from napari_chflow.widgets.evolve import EvolveWidget
 
@@ -524,7 +530,8 @@ def test_a_slow_3d_render_does_not_queue_up_frames(make_napari_viewer, qtbot, pe
 def test_closing_napari_mid_run_returns_at_once(make_napari_viewer, qtbot, perlin16,
                                                 tiny_checkpoint, monkeypatch):
     """Each frame made to take 3 s: closing the window and quitting (napari waits for its
-    workers at quit) return within 1 s; the compute thread ends by itself after its frame."""
+    workers at quit) return while the compute thread is still inside its frame - nothing waits
+    for it (napari's own teardown takes 0.5-1.5 s here); the thread ends by itself after it."""
     from napari._qt.qthreading import wait_for_workers_to_quit
 
     from napari_chflow.widgets import _compare
@@ -547,7 +554,7 @@ def test_closing_napari_mid_run_returns_at_once(make_napari_viewer, qtbot, perli
     viewer.close()
     wait_for_workers_to_quit()
     took = time.perf_counter() - start
-    assert took < 1.0, took
+    assert job.thread.is_alive() and took < 3.0, took  # returned before the frame ended
     assert job.stopped.is_set()  # the window's widgets are gone: the job was told to stop
     job.thread.join(timeout=10)
     assert not job.thread.is_alive()

@@ -112,7 +112,7 @@ class EvolveWidget(QWidget):
         self.viewer, self.hub = napari_viewer, hub_for(napari_viewer)
         self.job: Job | None = None
         self.layers: dict = {}  # the current (last) run's layers: solver, crnn, diff
-        self.runs: list[dict] = []  # every run still shown: {"layers": {...}, "row": int}
+        self.runs: list[dict] = []  # every run shown: {"layers": {...}, "row": int, "size": (Y, X)}
         self.buffers: dict[str, np.ndarray] = {}
         self.state = RunState()
         self.n_frames = 0
@@ -365,24 +365,32 @@ class EvolveWidget(QWidget):
             row = max((run["row"] for run in runs), default=-1) + 1
         if s["layer"] in self.viewer.layers:
             s["layer"].visible = False
+        if self.viewer.dims.ndisplay != 3:  # before the layers: they are made in 3D at once
+            self.viewer.dims.ndisplay = 3
         self._specs = self._layer_specs(tau, f)
         specs = dict(self._specs)
         if not (self.difference.value or "diff" in reuse):
             del specs["diff"]  # made when the box is ticked
         self.layers = {}
+        run = {"layers": self.layers, "row": row, "size": self.buffers["solver"].shape[-2:]}
         for key, spec in specs.items():
             layer = reuse.pop(key, None)
+            where = self._position(run, key)
             if layer is None:
-                layer = self.viewer.add_image(self.buffers[key], **spec, **self._style(key))
-            else:
+                layer = self.viewer.add_image(self.buffers[key], **spec, **self._style(key),
+                                              translate=where)
+            else:  # each change re-slices the layer: change only what differs
                 layer.data = self.buffers[key]
-                layer.scale, layer.name = spec["scale"], spec["name"]
-                layer.metadata = spec["metadata"]
-                layer.visible = key != "diff" or bool(self.difference.value)
+                layer.name, layer.metadata = spec["name"], spec["metadata"]
+                for name, value in (("scale", spec["scale"]), ("translate", where)):
+                    if not np.array_equal(getattr(layer, name), value):
+                        setattr(layer, name, value)
+                visible = key != "diff" or bool(self.difference.value)
+                if layer.visible != visible:
+                    layer.visible = visible
             self.layers[key] = layer
         self._remove_run(reuse)  # reused run's layers that this run does not have
-        self.runs.append({"layers": self.layers, "row": row})
-        self.viewer.dims.ndisplay = 3
+        self.runs.append(run)
         self.viewer.dims.set_current_step(0, 0)
         self.apply_layout(fit=True)
 
@@ -423,22 +431,24 @@ class EvolveWidget(QWidget):
                 self.fit_camera()
 
     def apply_layout(self, fit: bool = True) -> None:
-        """Side by side: each run's solver, CRNN (and difference) in a row along x, runs in rows
-        along y; grid: napari's grid, one layer per cell. Then the camera is fitted."""
-        grid = self.layout_choice.value == "grid"
-        self.viewer.canvas.grid.enabled = grid
+        """Side by side or napari's grid (see ``_position``), then the camera is fitted."""
+        self.viewer.canvas.grid.enabled = self.layout_choice.value == "grid"
         for run in self._live_runs():
-            solver = run["layers"].get("solver")
-            if solver is None:
-                continue
-            height, width = solver.data.shape[-2:]
-            y = 0 if grid else run["row"] * height * (1 + GAP)
-            for slot, key in enumerate(("solver", "crnn", "diff")):
-                if key in run["layers"]:
-                    x = 0 if grid else slot * width * (1 + GAP)
-                    run["layers"][key].translate = (0, 0, y, x)
+            for key, layer in run["layers"].items():
+                where = self._position(run, key)
+                if not np.array_equal(layer.translate, where):  # a change re-slices the layer
+                    layer.translate = where
         if fit:
             self.fit_camera()
+
+    def _position(self, run: dict, key: str) -> tuple[float, float, float, float]:
+        """Offset (t, z, y, x) in grid units of a run's layer: side by side, the solver, CRNN and
+        difference in a row along x, runs in rows along y; grid: none (napari's grid places
+        one layer per cell)."""
+        if self.layout_choice.value == "grid":
+            return (0.0, 0.0, 0.0, 0.0)
+        (height, width), slot = run["size"], ("solver", "crnn", "diff").index(key)
+        return (0.0, 0.0, run["row"] * height * (1 + GAP), slot * width * (1 + GAP))
 
     def fit_camera(self) -> None:
         """Fit the visible layers into the canvas, seen from a slight tilt (3D view)."""
