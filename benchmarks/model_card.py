@@ -158,6 +158,11 @@ def _architecture(info) -> str:
         extras.append(f"each step's flux field averaged over {info.lattice_average} images of "
                       f"the state under the lattice's symmetries (`model.LATTICE_IMAGES`; "
                       f"{info.lattice_average}x the cost per step), against lattice pinning")
+    if info.relax_dt:
+        extras.append(f"a fine-grid relaxation (`CRNN.relax`): each step ends with one "
+                      f"semi-implicit Cahn-Hilliard step of {info.relax_dt:g} time units on the "
+                      f"solvers' grid (the state Fourier-interpolated there and back), which adds "
+                      f"no lattice pinning")
     if extras:
         text += " Not in the paper: " + "; ".join(extras) + "."
     return text

@@ -123,13 +123,21 @@ def simulate_bytes(shape, solver: str = "explicit", itemsize: int = 4) -> int:
     return _voxels(shape) * (words * itemsize + 8) + RUN_BYTES
 
 
+RELAX_BYTES_PER_VOXEL = 64
+"""Work arrays of the model's fine-grid relaxation (``relax_dt``) per voxel of the solvers' grid:
+float64 fields and their spectra (peak measured: 55 B on a 192^3 grid)."""
+
+
 def rollout_bytes(shape, hidden: int = 10, n_layers: int = 2, downscale: int = 2,
-                  images: int = 1) -> int:
+                  images: int = 1, relax: bool = False) -> int:
     """Peak bytes of a CRNN rollout from a full-resolution ``shape``: the downsampled grid with
     ``hidden`` channels per cell (measured 1008 B per model voxel for 10 x 2) for each of the
-    ``images`` the step averages (``lattice_average``), and the input."""
+    ``images`` the step averages (``lattice_average``), the input, and with ``relax`` (the
+    model's ``relax_dt``) the fine-grid relaxation."""
     coarse = _voxels(int(n) // int(downscale) or 1 for n in shape) * int(images)
-    return 4 * coarse * (16 * int(hidden) * int(n_layers) + 16) + 8 * _voxels(shape) + RUN_BYTES
+    fine = RELAX_BYTES_PER_VOXEL * _voxels(shape) if relax else 0
+    return (4 * coarse * (16 * int(hidden) * int(n_layers) + 16) + 8 * _voxels(shape) + fine
+            + RUN_BYTES)
 
 
 def dataset_bytes(size: int, solver: str, workers: int) -> int:
@@ -141,14 +149,18 @@ def dataset_bytes(size: int, solver: str, workers: int) -> int:
 
 
 def train_bytes(n_seq: int, frames: int, size: int, downscale: int, batch: int, hidden: int,
-                n_layers: int, window: int | None = None, images: int = 1) -> tuple[int, int]:
+                n_layers: int, window: int | None = None, images: int = 1,
+                relax: bool = False) -> tuple[int, int]:
     """Peak bytes of training as ``(dataset, activations)``: the sequences held on the model grid
     (float32, in CPU memory) and what autograd keeps for one batch over ``frames - 1`` steps, or
     ``window - 1`` with the window sampler (1.5 rollout steps per sample and step; measured 545
     MiB in all for 3 x 8 steps on 24^3, estimated 680 MiB); ``images``: the model's
-    ``lattice_average`` multiplies the activations."""
+    ``lattice_average`` multiplies the activations; ``relax`` (``relax_dt``) adds the fine-grid
+    relaxation's arrays to each step."""
     coarse = (int(size) // int(downscale)) ** 3
     data = int(n_seq) * int(frames) * coarse * 4
-    step = 4 * coarse * (16 * int(hidden) * int(n_layers) + 16)
+    step = 4 * coarse * (16 * int(hidden) * int(n_layers) + 16) * int(images)
+    if relax:
+        step += RELAX_BYTES_PER_VOXEL * coarse * int(downscale) ** 3
     steps = min(int(frames), int(window or frames)) - 1
-    return data, int(batch) * int(images) * max(steps, 1) * 3 * step // 2
+    return data, int(batch) * max(steps, 1) * 3 * step // 2

@@ -52,6 +52,7 @@ from .physics import (
     gradient_flow_step,
     is_count,
     resolve_device,
+    semi_implicit_step,
 )
 
 FORMAT = "napari-chflow-crnn"
@@ -62,6 +63,8 @@ GUARD_DT_FRACTION = 0.6
 """Default energy-guard step as a fraction of the explicit stability bound on the model grid."""
 GUARD_MAX = 1000
 """Most energy-guard relaxation steps a checkpoint may ask for."""
+RELAX_MAX = 10.0
+"""Longest fine-grid relaxation (model time units) a checkpoint may ask for."""
 LATTICE_IMAGES = {
     1: ((False, (0.0, 0.0, 0.0)),),
     4: tuple((inv, s) for inv in (False, True) for s in ((0.0, 0.0, 0.0), (0.5, 0.5, 0.5))),
@@ -118,7 +121,9 @@ class ModelInfo:
     limiting the fluxes of the divergence layer (:func:`limited_divergence`).
     ``lattice_average = k`` (not in the paper; 1 = off) averages each step's flux field over
     ``k`` images of the state under the lattice's symmetries (:data:`LATTICE_IMAGES`, k times the
-    cost per step): interfaces no longer snap to preferred positions of the model grid."""
+    cost per step): interfaces no longer snap to preferred positions of the model grid.
+    ``relax_dt > 0`` (not in the paper; 0 = off) ends each step with a Cahn-Hilliard relaxation
+    of that time (model time units) on the solvers' grid (:meth:`CRNN.relax`)."""
 
     config: CRNNConfig
     tau: float = TAU
@@ -134,6 +139,7 @@ class ModelInfo:
     guard_dt: float = 0.0
     flux_limit: float | None = None
     lattice_average: int = 1
+    relax_dt: float = 0.0
 
 
 # --------------------------------------------------------------------------- network
@@ -275,6 +281,31 @@ def lattice_image(phi: torch.Tensor, inverted: bool, shift: tuple[float, float, 
     return phi
 
 
+def fourier_resample(phi: torch.Tensor, shape) -> torch.Tensor:
+    """Band-limited (Fourier) resampling of the periodic field ``phi`` ``(..., Z, Y, X)`` to
+    ``shape`` (3 ints), in ``phi``'s dtype: upsampling interpolates (the old nodes keep their
+    values), downsampling keeps the low modes; down after up gives ``phi`` back; mean kept. A
+    Nyquist mode is split evenly between +k and -k (and folded back), so the field stays real."""
+    out = phi
+    for axis, n in zip((-3, -2, -1), shape):
+        m = out.shape[axis]
+        if n == m:
+            continue
+        spec = torch.fft.fft(out, dim=axis).movedim(axis, -1)
+        new = spec.new_zeros((*spec.shape[:-1], n))
+        low = min(m, n)
+        p, q = (low + 1) // 2, (low - 1) // 2  # modes 0..p-1 and -q..-1 below Nyquist
+        new[..., :p] = spec[..., :p]
+        if q:
+            new[..., n - q:] = spec[..., m - q:]
+        if low % 2 == 0 and n > m:  # the old Nyquist mode, split evenly between +-k
+            new[..., low // 2] = new[..., n - low // 2] = spec[..., low // 2] / 2
+        elif low % 2 == 0:  # +-k folded onto the new Nyquist mode
+            new[..., low // 2] = spec[..., low // 2] + spec[..., m - low // 2]
+        out = torch.fft.ifft(new.movedim(-1, axis), dim=axis).real * (n / m)
+    return out.to(phi.dtype)
+
+
 def _autocast(device_type: str, mode: str | None):
     if mode is None:
         return contextlib.nullcontext()
@@ -294,13 +325,14 @@ class CRNN(nn.Module):
                  mobility: float = MOBILITY, downscale: int = 2, recipe: dict | None = None,
                  data: dict | None = None, version: str = __version__, coarse: str = "nearest",
                  guard_iters: int = 0, guard_dt: float | None = None,
-                 flux_limit: float | None = None, lattice_average: int = 1):
+                 flux_limit: float | None = None, lattice_average: int = 1,
+                 relax_dt: float = 0.0):
         super().__init__()
         if int(downscale) != downscale or downscale < 1:
             raise ValueError(f"downscale must be a positive integer, got {downscale!r}")
         for problem in (option_problem(k, v) for k, v in (
                 ("coarse", coarse), ("guard_iters", guard_iters), ("flux_limit", flux_limit),
-                ("lattice_average", lattice_average))):
+                ("lattice_average", lattice_average), ("relax_dt", relax_dt))):
             if problem:
                 raise ValueError(problem)
         limit = explicit_dt_limit(eps, mobility, downscale)
@@ -319,7 +351,7 @@ class CRNN(nn.Module):
                               dict(recipe or {}), dict(data or {}), str(version), n_params,
                               coarse, int(guard_iters), guard_dt,
                               None if flux_limit is None else float(flux_limit),
-                              int(lattice_average))
+                              int(lattice_average), float(relax_dt))
         self.extra: dict = {}
 
     @property
@@ -363,6 +395,8 @@ class CRNN(nn.Module):
             phi_next = phi + limited_divergence(phi, u, -m, 1.0 + m)
         if self.info.guard_iters:
             phi_next = self.guard(phi, phi_next)
+        if self.info.relax_dt:
+            phi_next = self.relax(phi_next)
         return phi_next, new
 
     def _flux(self, phi: torch.Tensor, hidden: list[torch.Tensor],
@@ -397,6 +431,22 @@ class CRNN(nn.Module):
                                              spacing)
                 phi_next = torch.where(over[:, None, None, None], relaxed, phi_next)
         return phi_next
+
+    def relax(self, phi: torch.Tensor) -> torch.Tensor:
+        """Fine-grid relaxation: ``phi`` ``(B, Z, Y, X)`` on the model grid, Fourier-interpolated
+        to the solvers' grid (``downscale`` times finer, :func:`fourier_resample`), advanced by
+        one :func:`napari_chflow.physics.semi_implicit_step` of ``relax_dt`` and brought back
+        band-limited. Computed in float64; the mean is kept exactly. The model grid plays no
+        part, so it adds no lattice pinning (unlike the energy guard). Differentiable."""
+        info = self.info
+        fine = [n * info.downscale for n in phi.shape[-3:]]
+        with torch.autocast(phi.device.type, enabled=False):
+            x = phi.to(torch.float64)
+            relaxed = semi_implicit_step(fourier_resample(x, fine), info.relax_dt, info.eps,
+                                         info.mobility)
+            change = fourier_resample(relaxed, phi.shape[-3:]) - x
+            change = change - change.mean(dim=(-3, -2, -1), keepdim=True)
+        return phi + change.to(phi.dtype)
 
     def forward(self, phi_in: torch.Tensor, n_steps: int = 0,
                 hidden: list[torch.Tensor] | None = None,
@@ -534,7 +584,7 @@ def iter_rollout(model: CRNN, phi0, n_tau: int, warmup=None, device=None, upsamp
     cfg = model.config
     dev = resolve_device(device) if device is not None else next(model.parameters()).device
     check_memory(rollout_bytes(phi0.shape, cfg.hidden, cfg.n_layers, f,
-                               model.info.lattice_average),
+                               model.info.lattice_average, model.info.relax_dt > 0),
                  f"a CRNN rollout on a {'x'.join(map(str, phi0.shape))} grid", dev)
     if device is not None:
         model.to(dev)
@@ -633,6 +683,7 @@ def checkpoint_payload(model: CRNN, *, recipe: dict, data: dict, extra: dict | N
             "mobility": info.mobility, "downscale": info.downscale, "param_count": info.param_count,
             "coarse": info.coarse, "guard_iters": info.guard_iters, "guard_dt": info.guard_dt,
             "flux_limit": info.flux_limit, "lattice_average": info.lattice_average,
+            "relax_dt": info.relax_dt,
             "recipe": _safe(dict(recipe), "recipe"), "data": _safe(dict(data), "data"),
             "extra": _safe(dict(extra or {}), "extra"), "sha256": _digest(state),
             "state_dict": state}
@@ -673,7 +724,8 @@ def model_from_payload(payload, source: str = "checkpoint") -> CRNN:
                   version=payload["version"], coarse=payload.get("coarse", "nearest"),
                   guard_iters=payload.get("guard_iters", 0), guard_dt=payload.get("guard_dt"),
                   flux_limit=payload.get("flux_limit"),
-                  lattice_average=payload.get("lattice_average", 1))
+                  lattice_average=payload.get("lattice_average", 1),
+                  relax_dt=payload.get("relax_dt", 0.0))
     try:
         config = CRNNConfig(**payload["config"])
         with torch.device("meta"):  # shapes only: nothing is allocated before they match
@@ -705,8 +757,8 @@ def _whole(value, lo: int, hi: int) -> bool:
 
 def option_problem(name: str, value) -> str | None:
     """What is wrong with the value of the model option ``name`` (``"coarse"``,
-    ``"guard_iters"``, ``"flux_limit"`` or ``"lattice_average"``) as ``"name = value: it must be
-    ..."``, or None. The one place these bounds live: the model, its checkpoint header and the
+    ``"guard_iters"``, ``"flux_limit"``, ``"lattice_average"`` or ``"relax_dt"``) as
+    ``"name = value: it must be ..."``, or None. The one place these bounds live: the model, its checkpoint header and the
     training recipe use it."""
     if name == "coarse":
         ok, need = value in COARSE_MODES, f"one of {', '.join(COARSE_MODES)}"
@@ -718,6 +770,9 @@ def option_problem(name: str, value) -> str | None:
     elif name == "flux_limit":
         ok = value is None or (_number(value) and 0 <= value <= 1)
         need = "None (off) or a margin from 0 to 1 beyond [0, 1]"
+    elif name == "relax_dt":
+        ok = _number(value) and 0 <= value <= RELAX_MAX
+        need = f"a time from 0 (off) to {RELAX_MAX:g}"
     else:
         raise KeyError(f"not a model option: {name!r}")
     return None if ok else f"{name} = {value!r}: it must be {need}"
@@ -733,7 +788,7 @@ def _header_problem(payload: dict) -> str | None:
     if not _whole(d, 1, 16):
         return f"downscale = {d!r} (it must be an integer from 1 to 16)"
     for name, default in (("flux_limit", None), ("guard_iters", 0), ("coarse", "nearest"),
-                          ("lattice_average", 1)):
+                          ("lattice_average", 1), ("relax_dt", 0.0)):
         problem = option_problem(name, payload.get(name, default))
         if problem:
             return problem

@@ -138,7 +138,9 @@ class TrainConfig:
     spans ``stride`` frames of the dataset (the model's tau is ``stride`` times the dataset's:
     fewer steps per unit of time), 1 = the paper's; ``lattice_average``: the model's average over
     lattice images (:data:`napari_chflow.model.LATTICE_IMAGES`), in training and in the saved
-    model, 1 = off; ``stop_after``: end the run
+    model, 1 = off; ``relax_dt``: the model's fine-grid relaxation after each step
+    (:meth:`napari_chflow.model.CRNN.relax`, model time units), in training and in the saved
+    model, 0 = off; ``stop_after``: end the run
     after this many epochs in total while the lr schedule still spans ``epochs`` (a staged run
     continued later with ``resume``), None = run all ``epochs``."""
 
@@ -169,6 +171,7 @@ class TrainConfig:
     rest_steps: int = 32
     stride: int = 1
     lattice_average: int = 1
+    relax_dt: float = 0.0
     stop_after: int | None = None
     model: CRNNConfig = CRNNConfig()
 
@@ -176,7 +179,8 @@ class TrainConfig:
 LR_SCHEDULES = ("constant", "cosine")
 LR_FINAL_FRACTION = 0.05
 MODEL_OPTION_FLAGS = {"coarse": "--coarse", "guard_iters": "--energy-guard",
-                      "flux_limit": "--flux-limit", "lattice_average": "--lattice-average"}
+                      "flux_limit": "--flux-limit", "lattice_average": "--lattice-average",
+                      "relax_dt": "--relax-dt"}
 """The command-line flag of each model option of the recipe (:func:`model.option_problem`)."""
 
 RESUMABLE_FIELDS = ("epochs", "lr", "lr_schedule", "grad_clip", "device", "num_threads",
@@ -533,7 +537,7 @@ def _check_training_memory(config: TrainConfig, data, device: torch.device) -> N
     frames = math.ceil(min(c.frames, config.frames or c.frames) / config.stride)
     held, batch = train_bytes(len(data.train) + len(data.val), frames, c.size, config.downscale,
                               config.batch_size, config.model.hidden, config.model.n_layers,
-                              config.window, config.lattice_average)
+                              config.window, config.lattice_average, config.relax_dt > 0)
     fix = "use fewer frames or sequences, a smaller batch size or a larger downscale"
     n = len(data.train) + len(data.val)
     what = f"training on {n} sequences of {frames} frames at {c.size}^3"
@@ -715,7 +719,7 @@ def train(
         physics["tau"] = data.config.tau * config.stride
         model = CRNN(config.model, downscale=config.downscale, coarse=config.coarse,
                      guard_iters=config.guard_iters, flux_limit=config.flux_limit,
-                     lattice_average=config.lattice_average,
+                     lattice_average=config.lattice_average, relax_dt=config.relax_dt,
                      **physics).to(ranks.device)
         parent = _initial_weights(model, config.init) if state is None else state.get("parent")
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -852,6 +856,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="average each step over K lattice images of the state (1, 4 or 8; K times the cost "
              "per step; in training and in the saved model): interfaces stop snapping to the "
              "model grid (default 1 = off, the paper's CRNN)")
+    add("--relax-dt", type=float, metavar="H",
+        help="fine-grid relaxation: end each step with a semi-implicit Cahn-Hilliard step of H "
+             "(model time units) on the solvers' grid, Fourier-interpolated; no lattice pinning "
+             "(in training and in the saved model; default 0 = off, the paper's CRNN)")
     add("--grad-clip", type=float, help=f"max gradient norm, 0 = off (default {d.grad_clip})")
     add("--seed", type=int, help=f"seed of weights, data order, augmentation (default {d.seed})")
     add("--device", help="cpu (default) or cuda")
