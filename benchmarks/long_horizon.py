@@ -23,7 +23,11 @@ More checks of the same table (``--checks long short rest early``):
 - ``time``: the report's time extrapolation (section 1) on ``--time-ics`` development ICs, drawn
   as the report draws its held-out ones but with seed offset ``--time-offset`` (the report:
   10000): mean interface displacement from the solver and that of the no-change predictor at
-  10x and 100x the training length.
+  10x and 100x the training length;
+- ``signed``: on the ``--ics``, at t = 1, 10, 50, 100, 300: the signed F/V error on the model
+  grid (as ``long``) and on the full grid (the CRNN's state Fourier-interpolated there, against
+  the solver's own state), and the interface displacement from the solver on the full grid:
+  whether an F/V error is the representation of the interfaces or where they are.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ import torch
 from model_card import CHECK_TAU, accuracy  # benchmarks/ is on the path when run as a script
 from napari_chflow.model import load_checkpoint, load_pretrained
 from napari_chflow.metrics import interface_displacement
-from napari_chflow.model import iter_rollout, to_model_grid
+from napari_chflow.model import fourier_resample, iter_rollout, to_model_grid
+from napari_chflow.physics import free_energy_parts, iter_simulate
 from napari_chflow.seeds import perlin, slab, tanh_profile
 from napari_chflow.validation.heldout import heldout_ics, training_spec
 from napari_chflow.validation.long_horizon import fv_error, long_run, rest_drift, summarize
@@ -54,7 +59,7 @@ def main(argv=None) -> None:
     p.add_argument("--n-tau", type=int, default=1000)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--checks", nargs="+", default=["long"], choices=("long", "short", "rest",
-                                                                     "early", "time"))
+                                                                     "early", "time", "signed"))
     p.add_argument("--short-seeds", nargs="+", type=int, default=[911, 912, 913, 914])
     p.add_argument("--early-seed", type=int, default=903)
     p.add_argument("--time-ics", type=int, default=3)
@@ -81,6 +86,8 @@ def main(argv=None) -> None:
               f"{rel.max():.3f} at t = {run['t'][rel.argmax()]:g}", flush=True)
     if "time" in args.checks:
         _time(model, args)
+    if "signed" in args.checks:
+        _signed(model, args)
 
 
 def _diagonal_slab(center: float, n: int = 32, eps: float = 3.0) -> np.ndarray:
@@ -120,6 +127,31 @@ def _time(model, args) -> None:
         d, d0 = (float(np.mean(x)) for x in zip(*pairs))
         print(f"{args.checkpoint} time {k}x ({spec.size}^3, {k * T} steps): delta {d:.3f}, "
               f"no-change {d0:.3f}, ratio {d / d0:.3f}", flush=True)
+
+
+def _signed(model, args) -> None:
+    info = model.info
+    marks = [round(t / info.tau) for t in (1, 10, 50, 100, 300) if t / info.tau <= args.n_tau]
+
+    def fv(phi: np.ndarray, spacing: float) -> float:
+        return float(free_energy_parts(torch.from_numpy(phi).double(), info.eps, spacing).sum())
+
+    for item in args.ics:
+        seed, mean = item.split(":")
+        phi0 = perlin((args.size,) * 3, mean=float(mean), seed=int(seed))
+        rows = []
+        solver = iter_simulate(phi0, marks[-1], tau=info.tau, solver="spectral", eps=info.eps,
+                               mobility=info.mobility)
+        pairs = zip(solver, iter_rollout(model, phi0, marks[-1]))
+        for k, (gt, crnn) in enumerate(pairs):
+            if k in marks:
+                full = fourier_resample(torch.from_numpy(crnn).double(), gt.shape).numpy()
+                model_err = fv(crnn, info.downscale) / fv(to_model_grid(gt, info), info.downscale)
+                rows.append(f"t = {k * info.tau:g}: {model_err - 1:+.3f} / "
+                            f"{fv(full, 1.0) / fv(gt, 1.0) - 1:+.3f} / "
+                            f"{interface_displacement(full, gt):.2f}")
+        print(f"{args.checkpoint} IC {item}: F/V error on the model grid / on the full grid / "
+              f"displacement: " + "; ".join(rows), flush=True)
 
 
 def _long(model, args) -> None:

@@ -63,6 +63,10 @@ GUARD_DT_FRACTION = 0.6
 """Default energy-guard step as a fraction of the explicit stability bound on the model grid."""
 GUARD_MAX = 1000
 """Most energy-guard relaxation steps a checkpoint may ask for."""
+FLUX_CHUNK_VOXELS = 1 << 18
+"""On a CPU, most samples x voxels per pass of the network; a larger batch (lattice images
+included) runs in chunks: the passes then stay in cache (measured, 2 threads: 4 images of 64^3
+in one pass 1.06 s, in four 0.70 s; 4 of 32^3 in one pass 0.08 s)."""
 RELAX_MAX = 10.0
 """Longest fine-grid relaxation (model time units) a checkpoint may ask for."""
 LATTICE_IMAGES = {
@@ -402,7 +406,14 @@ class CRNN(nn.Module):
     def _flux(self, phi: torch.Tensor, hidden: list[torch.Tensor],
               autocast: str | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The paper's network: ConvGRU cells, then the flux field ``u`` ``(B, 3, Z, Y, X)``
-        (zero mean) whose divergence is the step's update; returns ``(u, hidden)``."""
+        (zero mean) whose divergence is the step's update; returns ``(u, hidden)``. Per sample:
+        on a CPU a large batch runs in chunks of :data:`FLUX_CHUNK_VOXELS`."""
+        n = max(1, FLUX_CHUNK_VOXELS // phi[0].numel())
+        if phi.device.type == "cpu" and phi.shape[0] > n:
+            parts = [self._flux(phi[i:i + n], [h[i:i + n] for h in hidden], autocast)
+                     for i in range(0, phi.shape[0], n)]
+            return (torch.cat([u for u, _ in parts]),
+                    [torch.cat(states) for states in zip(*(new for _, new in parts))])
         p = self.config.kernel // 2
         x, new = phi.unsqueeze(-1), []
         with _autocast(phi.device.type, autocast):

@@ -463,6 +463,23 @@ def test_lattice_images_are_exact_symmetries_and_invert():
     torch.testing.assert_close(lattice_image(phi, True, (0, 0, 0)), phi.flip(1, 2, 3))
 
 
+def test_a_large_batch_runs_in_chunks_with_the_same_result(monkeypatch):
+    from napari_chflow import model as model_module
+
+    model = make_model(lattice_average=4)
+    phi = torch.rand(3, 8, 8, 8)
+    with torch.no_grad():
+        whole = model(phi[:, None], 3)
+        calls = []
+        flux = CRNN._flux
+        monkeypatch.setattr(model_module, "FLUX_CHUNK_VOXELS", 2 * 8**3)  # 2 images per pass
+        monkeypatch.setattr(CRNN, "_flux", lambda self, x, *a: calls.append(len(x)) or flux(
+            self, x, *a))
+        chunked = model(phi[:, None], 3)
+    torch.testing.assert_close(chunked, whole)
+    assert calls[:7] == [12, 2, 2, 2, 2, 2, 2]  # 3 samples x 4 images, in passes of 2
+
+
 @pytest.mark.parametrize("shape", [(16, 16, 16), (9, 10, 12)])
 def test_fourier_resample_interpolates_and_round_trips(shape):
     rng = np.random.default_rng(5)
