@@ -295,6 +295,33 @@ def _assert_fitted(viewer, evolve_module) -> None:
     assert tuple(camera.angles) == pytest.approx(evolve_module.TILT)
 
 
+def test_every_shipped_model_is_offered_and_the_chosen_one_runs(make_napari_viewer, qtbot,
+                                                                perlin16, tmp_path, monkeypatch):
+    """Bundled models (``resources/<name>.pt``) are offered by name, the default first; a run
+    uses the one chosen (here "fast", a model on the full grid, against the default's x1/2)."""
+    import shutil
+
+    from napari_chflow import model as model_module
+    from napari_chflow.widgets.evolve import EvolveWidget
+
+    torch.manual_seed(0)
+    for name, downscale in (("default", 2), ("fast", 1)):
+        save_checkpoint(tmp_path / f"{name}.pt", CRNN(CRNNConfig(hidden=2, n_layers=1),
+                                                      downscale=downscale), recipe={}, data={})
+    shutil.copy(tmp_path / "fast.pt", tmp_path / "a-model.pt")
+    monkeypatch.setattr(model_module, "_resources", lambda: tmp_path)
+    viewer = make_napari_viewer()
+    viewer.add_image(perlin16, name="seed")
+    evolve = EvolveWidget(viewer)
+    assert list(evolve.model.choices) == ["default (shipped)", "a-model (shipped)",
+                                          "fast (shipped)"]
+    evolve.model.value, evolve.n_tau.value = "fast (shipped)", 1
+    _run(qtbot, evolve)
+    crnn = evolve.layers["crnn"]
+    assert evolve.status == "done" and crnn.data.shape[1:] == perlin16.shape  # full grid
+    assert crnn.metadata["chflow"]["model"] == "fast (shipped)"
+
+
 def test_runs_replace_or_go_beside_and_the_camera_is_fitted(make_napari_viewer, qtbot, perlin16,
                                                              tiny_checkpoint):
     from napari_chflow.widgets import evolve as evolve_module

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-DEFAULT_MODEL = "default (shipped)"
+SHIPPED = " (shipped)"
+"""Suffix of a bundled model's name in the model lists (``resources/<name>.pt``)."""
+DEFAULT_MODEL = "default" + SHIPPED
 # one row of metrics per frame: the CRNN against the solver (suffix _ref: the solver's own value)
 COLUMNS = ("t", "rmse", "interface_displacement", "free_energy_density", "free_energy_density_ref",
            "mass", "mass_ref")
@@ -41,13 +43,26 @@ class ComparedFrame:
     metrics: dict
 
 
+def shipped_choices() -> list[str]:
+    """The bundled models as the model lists show them, the default first."""
+    from napari_chflow.model import available_pretrained
+
+    names = sorted(available_pretrained(), key=lambda name: name != "default")
+    return [name + SHIPPED for name in names]
+
+
+def is_shipped(spec: str) -> bool:
+    return str(spec).endswith(SHIPPED)
+
+
 def load_model(spec: str, device: str | None = None):
-    """``spec`` is :data:`DEFAULT_MODEL` (the bundled model) or a checkpoint path; raises
-    :class:`napari_chflow.model.CheckpointError` with the reason when it cannot be used."""
+    """``spec`` is a bundled model (:func:`shipped_choices`, e.g. :data:`DEFAULT_MODEL`) or a
+    checkpoint path; raises :class:`napari_chflow.model.CheckpointError` with the reason when it
+    cannot be used."""
     from napari_chflow.model import load_checkpoint, load_pretrained
 
-    if spec == DEFAULT_MODEL:
-        return load_pretrained("default", device=device)
+    if is_shipped(spec):
+        return load_pretrained(spec[:-len(SHIPPED)], device=device)
     return load_checkpoint(spec, device=device)
 
 

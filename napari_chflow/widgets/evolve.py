@@ -45,7 +45,14 @@ from ._common import (
     show_info,
     volume_data,
 )
-from ._compare import DEFAULT_MODEL, RunState, SeedGridError, fill_buffers, prepare_run
+from ._compare import (
+    RunState,
+    SeedGridError,
+    fill_buffers,
+    is_shipped,
+    prepare_run,
+    shipped_choices,
+)
 
 GAP = 0.3  # gap between volumes placed side by side, as a fraction of the box size
 MAX_BUFFER_BYTES = 16 * 2**30  # frames are kept in memory: refuse runs that cannot fit
@@ -171,10 +178,7 @@ class EvolveWidget(QWidget):
 
     # ------------------------------------------------------------------ models
     def _model_choices(self, _widget=None) -> list[str]:
-        from napari_chflow.model import available_pretrained
-
-        shipped = [DEFAULT_MODEL] if "default" in available_pretrained() else []
-        return [*shipped, *self.hub.checkpoints]
+        return [*shipped_choices(), *self.hub.checkpoints]
 
     def _on_checkpoint_chosen(self, path) -> None:
         if path is not None and str(path).strip() and path.is_file():
@@ -298,7 +302,7 @@ class EvolveWidget(QWidget):
             self.movie_button.enabled = self.n_frames > 1
             if error is not None:
                 self._refuse(_failure_message(error, self._seed["solver"], 0), error)
-                if isinstance(error, _checkpoint_error()) and self._seed["model"] != DEFAULT_MODEL:
+                if isinstance(error, _checkpoint_error()) and not is_shipped(self._seed["model"]):
                     self.hub.remove_checkpoint(self._seed["model"])  # not selectable any more
             else:
                 self.status_label.value = "cancelled"
