@@ -499,9 +499,10 @@ def gradient_flow_step(phi: torch.Tensor, dt: float, eps: float = EPS, mobility:
 def semi_implicit_step(phi: torch.Tensor, dt: float, eps: float = EPS,
                        mobility: float = MOBILITY) -> torch.Tensor:
     """One stabilised semi-implicit (IMEX Euler) Cahn-Hilliard step of ``dt`` on the periodic
-    unit grid, ``(..., Z, Y, X)`` -> a new tensor in ``phi``'s dtype: the spectral solver's scheme
-    (7-point Laplacian symbol, linear part implicit, stabilisation S = 18/eps), so stable for any
-    ``dt``; mass-conserving; differentiable. For corrections of a few ``dt``, not for runs."""
+    unit grid, ``(..., Z, Y, X)`` -> a new tensor in ``phi``'s dtype: the spectral solver's
+    first-step scheme (7-point Laplacian symbol, linear part implicit) with its stabilisation for
+    separated phases, S = 18/eps; stable for any ``dt``, mass-conserving, differentiable,
+    computed in float64. For short corrections (``CRNN.relax``), not for runs."""
     k = -laplacian_symbol(phi.shape[-3:], device=phi.device, dtype=torch.float64)  # K >= 0
     s, mk = 18.0 / eps, mobility * k
     x = phi.to(torch.float64)
