@@ -397,8 +397,10 @@ def _time_gui_callbacks(monkeypatch, targets):
     """Wrap methods (class level, before the widgets connect them) to record every outermost
     GUI-thread callback as ``(name, start, wall s, CPU s, napari wall s, napari CPU s,
     renders)``, where "napari" is the time spent inside it in napari's own work: 3D renders
-    (vispy's canvas draw) and adding or removing layers; ``renders`` counts the renders that the
-    plugin's code forced (not those napari does while adding a layer)."""
+    (vispy's canvas draw), adding or removing layers, and re-making its layer controls for a 2D/3D
+    switch (showing their 3D widgets can paint the canvas at once); ``renders`` counts the renders
+    that the plugin's code forced (not those napari does inside its own work)."""
+    from napari._qt.layer_controls.qt_layer_controls_container import QtLayerControlsContainer
     from napari.components import LayerList, ViewerModel
     from vispy.scene import SceneCanvas
 
@@ -446,6 +448,7 @@ def _time_gui_callbacks(monkeypatch, targets):
     napari_own(SceneCanvas, "on_draw", True)
     napari_own(ViewerModel, "add_image", False)
     napari_own(LayerList, "remove", False)
+    napari_own(QtLayerControlsContainer, "_on_ndisplay_changed", False)
     for cls, names in targets:
         for name in names:
             wrap(cls, name)
