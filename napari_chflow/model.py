@@ -769,8 +769,8 @@ def _whole(value, lo: int, hi: int) -> bool:
 def option_problem(name: str, value) -> str | None:
     """What is wrong with the value of the model option ``name`` (``"coarse"``,
     ``"guard_iters"``, ``"flux_limit"``, ``"lattice_average"`` or ``"relax_dt"``) as
-    ``"name = value: it must be ..."``, or None. The one place these bounds live: the model, its checkpoint header and the
-    training recipe use it."""
+    ``"name = value: it must be ..."``, or None. The one place these bounds live: the model, its
+    checkpoint header and the training recipe use it."""
     if name == "coarse":
         ok, need = value in COARSE_MODES, f"one of {', '.join(COARSE_MODES)}"
     elif name == "guard_iters":

@@ -350,7 +350,8 @@ def test_runs_replace_or_go_beside_and_the_camera_is_fitted(make_napari_viewer, 
     _assert_fitted(viewer, evolve_module)
     offsets = {layer.name: tuple(layer.translate) for layer in viewer.layers}
     evolve.layout_choice.value = "grid"  # napari's grid places the layers: no offsets
-    assert viewer.canvas.grid.enabled and not any(np.any(layer.translate) for layer in viewer.layers)
+    assert viewer.canvas.grid.enabled
+    assert not any(np.any(layer.translate) for layer in viewer.layers)
     evolve.layout_choice.value = "side by side"  # and back: every run where it was
     assert not viewer.canvas.grid.enabled
     assert {layer.name: tuple(layer.translate) for layer in viewer.layers} == offsets

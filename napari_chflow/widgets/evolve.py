@@ -379,16 +379,14 @@ class EvolveWidget(QWidget):
         run = {"layers": self.layers, "row": row, "size": self.buffers["solver"].shape[-2:]}
         for key, spec in specs.items():
             layer = reuse.pop(key, None)
-            where = self._position(run, key)
-            if layer is None:
+            if layer is None:  # made where it belongs (apply_layout moves the reused ones)
                 layer = self.viewer.add_image(self.buffers[key], **spec, **self._style(key),
-                                              translate=where)
+                                              translate=self._position(run, key))
             else:  # each change re-slices the layer: change only what differs
                 layer.data = self.buffers[key]
                 layer.name, layer.metadata = spec["name"], spec["metadata"]
-                for name, value in (("scale", spec["scale"]), ("translate", where)):
-                    if not np.array_equal(getattr(layer, name), value):
-                        setattr(layer, name, value)
+                if not np.array_equal(layer.scale, spec["scale"]):
+                    layer.scale = spec["scale"]
                 visible = key != "diff" or bool(self.difference.value)
                 if layer.visible != visible:
                     layer.visible = visible
