@@ -51,6 +51,7 @@ from .physics import (
     free_energy_parts,
     gradient_flow_step,
     is_count,
+    laplacian_symbol,
     resolve_device,
     semi_implicit_step,
 )
@@ -239,27 +240,50 @@ def limited_divergence(phi: torch.Tensor, u: torch.Tensor, lo: float, hi: float)
     ``phi + result`` stays within ``[lo, hi]`` wherever ``phi`` is, and mass is conserved exactly.
 
     ``u`` ``(B, 3, Z, Y, X)``; :meth:`CRNN.divergence` (periodic central differences) equals the
-    difference of the face fluxes ``G_d[i] = (u_d[i] + u_d[i+1]) / 2``, mass moved from cell
-    ``i+1`` into cell ``i`` along axis ``d``. Each face flux is scaled by ``min(R+ of the cell it
-    fills, R- of the cell it drains)``, ``R+ = min(1, (hi - phi) / inflow)`` and ``R- = min(1,
-    (phi - lo) / outflow)``; where nothing would overshoot, the result is the plain divergence.
-    Differentiable almost everywhere. Returns ``(B, Z, Y, X)``.
+    difference of the face fluxes ``G_d[i] = (u_d[i] + u_d[i+1]) / 2``, which
+    :func:`limited_faces` limits. Differentiable almost everywhere. Returns ``(B, Z, Y, X)``.
     """
     with torch.autocast(u.device.type, enabled=False):
-        flux = [(u[:, d] + torch.roll(u[:, d], -1, d + 1)) * 0.5 for d in range(3)]
-        prev = [torch.roll(f, 1, d + 1) for d, f in enumerate(flux)]  # face i - 1/2
-        inflow = sum(torch.relu(f) + torch.relu(-g) for f, g in zip(flux, prev))
-        outflow = sum(torch.relu(-f) + torch.relu(g) for f, g in zip(flux, prev))
-        room_up, room_down = (hi - phi).clamp(min=0), (phi - lo).clamp(min=0)
-        r_up = torch.where(inflow > room_up, room_up / inflow.clamp(min=1e-30), 1.0)
-        r_down = torch.where(outflow > room_down, room_down / outflow.clamp(min=1e-30), 1.0)
-        out = torch.zeros_like(phi)
-        for d, f in enumerate(flux):
-            up_next, down_next = torch.roll(r_up, -1, d + 1), torch.roll(r_down, -1, d + 1)
-            f = f * torch.where(f >= 0, torch.minimum(r_up, down_next),
-                                torch.minimum(up_next, r_down))
-            out = out + f - torch.roll(f, 1, d + 1)
-        return out
+        return limited_faces(phi, [(u[:, d] + torch.roll(u[:, d], -1, d + 1)) * 0.5
+                                   for d in range(3)], lo, hi)
+
+
+def limited_faces(phi: torch.Tensor, flux: list[torch.Tensor], lo: float, hi: float
+                  ) -> torch.Tensor:
+    """The update ``sum_d G_d[i] - G_d[i-1]`` of the face fluxes ``flux`` (3 tensors ``G_d``
+    shaped like ``phi`` ``(..., Z, Y, X)``; ``G_d[i]``: mass moved from cell ``i+1`` into cell
+    ``i`` along axis ``d``), limited (Zalesak) so that ``phi + result`` stays within ``[lo, hi]``
+    wherever ``phi`` is; mass exact. Each face flux is scaled by ``min(R+ of the cell it fills,
+    R- of the cell it drains)``, ``R+ = min(1, (hi - phi) / inflow)`` and ``R- = min(1,
+    (phi - lo) / outflow)``; where nothing would overshoot, the result is the plain update."""
+    dims = (-3, -2, -1)
+    prev = [torch.roll(f, 1, d) for d, f in zip(dims, flux)]  # face i - 1/2
+    inflow = sum(torch.relu(f) + torch.relu(-g) for f, g in zip(flux, prev))
+    outflow = sum(torch.relu(-f) + torch.relu(g) for f, g in zip(flux, prev))
+    room_up, room_down = (hi - phi).clamp(min=0), (phi - lo).clamp(min=0)
+    r_up = torch.where(inflow > room_up, room_up / inflow.clamp(min=1e-30), 1.0)
+    r_down = torch.where(outflow > room_down, room_down / outflow.clamp(min=1e-30), 1.0)
+    out = torch.zeros_like(phi)
+    for d, f in zip(dims, flux):
+        up_next, down_next = torch.roll(r_up, -1, d), torch.roll(r_down, -1, d)
+        f = f * torch.where(f >= 0, torch.minimum(r_up, down_next),
+                            torch.minimum(up_next, r_down))
+        out = out + f - torch.roll(f, 1, d)
+    return out
+
+
+def gradient_faces(change: torch.Tensor) -> list[torch.Tensor]:
+    """Face fluxes (as :func:`limited_faces` takes them) whose update is ``change``
+    ``(..., Z, Y, X)`` (zero mean per sample): ``G_d[i] = psi[i+1] - psi[i]`` with ``psi`` the
+    periodic solution of ``laplacian(psi) = change`` (7-point, :func:`laplacian_symbol`), the
+    smallest such flux field."""
+    dims = (-3, -2, -1)
+    symbol = laplacian_symbol(change.shape[-3:], device=change.device, dtype=change.dtype)
+    symbol[0, 0, 0] = 1.0
+    hat = torch.fft.rfftn(change, dim=dims) / symbol
+    hat[..., 0, 0, 0] = 0.0
+    psi = torch.fft.irfftn(hat, s=change.shape[-3:], dim=dims)
+    return [torch.roll(psi, -1, d) - psi for d in dims]
 
 
 def lattice_image(phi: torch.Tensor, inverted: bool, shift: tuple[float, float, float],
@@ -447,8 +471,11 @@ class CRNN(nn.Module):
         """Fine-grid relaxation: ``phi`` ``(B, Z, Y, X)`` on the model grid, Fourier-interpolated
         to the solvers' grid (``downscale`` times finer, :func:`fourier_resample`), advanced by
         one :func:`napari_chflow.physics.semi_implicit_step` of ``relax_dt`` and brought back
-        band-limited. Computed in float64; the mean is kept exactly. The model grid plays no
-        part, so it adds no lattice pinning (unlike the energy guard). Differentiable."""
+        band-limited. With ``flux_limit`` the change is applied as the fluxes of
+        :func:`gradient_faces`, limited like the network's (:func:`limited_faces`), so phi keeps
+        within the same bounds. Computed in float64; the mean is kept exactly. The model grid
+        plays no part in the relaxation, so it adds no lattice pinning (unlike the energy guard).
+        Differentiable."""
         info = self.info
         fine = [n * info.downscale for n in phi.shape[-3:]]
         with torch.autocast(phi.device.type, enabled=False):
@@ -457,6 +484,9 @@ class CRNN(nn.Module):
                                          info.mobility)
             change = fourier_resample(relaxed, phi.shape[-3:]) - x
             change = change - change.mean(dim=(-3, -2, -1), keepdim=True)
+            if info.flux_limit is not None:
+                m = info.flux_limit
+                change = limited_faces(x, gradient_faces(change), -m, 1.0 + m)
         return phi + change.to(phi.dtype)
 
     def forward(self, phi_in: torch.Tensor, n_steps: int = 0,
