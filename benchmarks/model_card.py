@@ -162,7 +162,9 @@ def _architecture(info) -> str:
         extras.append(f"a fine-grid relaxation (`CRNN.relax`): each step ends with one "
                       f"semi-implicit Cahn-Hilliard step of {info.relax_dt:g} time units on the "
                       f"solvers' grid (the state Fourier-interpolated there and back), which adds "
-                      f"no lattice pinning")
+                      f"no lattice pinning"
+                      + (", its change applied as limited face fluxes (`model.gradient_faces`)"
+                         if info.flux_limit is not None else ""))
     if extras:
         text += " Not in the paper: " + "; ".join(extras) + "."
     return text
