@@ -271,8 +271,13 @@ def chflow():
     procs: list[subprocess.Popen] = []
 
     def spawn(*args: str, **kwargs) -> subprocess.Popen:
+        # Ctrl-C reaches the CLI as in a terminal even where the suite itself runs as a background
+        # job, which starts with SIGINT ignored (children inherit that, and Python keeps it)
         procs.append(subprocess.Popen([sys.executable, "-m", "napari_chflow.cli", *args],
-                                      env=env, stderr=subprocess.PIPE, text=True, **kwargs))
+                                      env=env, stderr=subprocess.PIPE, text=True,
+                                      preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                       signal.SIG_DFL),
+                                      **kwargs))
         return procs[-1]
 
     yield spawn

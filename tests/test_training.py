@@ -433,7 +433,7 @@ def test_rest_loss_counts_drift_of_the_slabs_not_changes_of_their_profile():
         def forward(self, phi_in, n_steps):
             return (0.5 + 1.3 * (phi_in[:, :1] - 0.5)).expand(-1, n_steps, -1, -1, -1)
 
-    assert torch.equal(rest_losses(Shift(0), phi, 4), torch.zeros(3))
+    assert float(rest_losses(Shift(0), phi, 4).max()) < 1e-10  # zero up to FFT rounding
     # k cells after step k: the mean of k^2 over 4 steps is 7.5
     torch.testing.assert_close(rest_losses(Shift(1), phi, 4), torch.full((3,), 7.5))
     assert float(rest_losses(Sharpen(), phi, 4).max()) < 1e-8
