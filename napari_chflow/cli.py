@@ -335,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validate", help="regenerate docs/validation.md: the paper's tests with "
                                         "the model and the solvers (figures in docs/validation/)")
     s.add_argument("--scale", choices=["tiny", "cpu", "full"], default="cpu",
-                   help="tiny: seconds (smoke test); cpu: ~30 min on 2 cores; full: paper scale, GPU")
+                   help="tiny: seconds (smoke test); cpu: 1-2.5 h on 2 cores (fast / default "
+                        "model); full: paper scale, GPU")
     s.add_argument("--model", default="default", help="shipped model name or checkpoint .pt")
     s.add_argument("--device", default=None, help="cpu or cuda (default: the preset's)")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads for everything")
