@@ -163,8 +163,9 @@ def _architecture(info) -> str:
                       f"semi-implicit Cahn-Hilliard step of {info.relax_dt:g} time units on the "
                       f"solvers' grid (the state Fourier-interpolated there and back), which adds "
                       f"no lattice pinning"
-                      + (", its change applied as limited face fluxes (`model.gradient_faces`)"
-                         if info.flux_limit is not None else ""))
+                      + (", its change applied as face fluxes (`model.gradient_faces`) limited "
+                         f"to [{info.relax_bounds[0]:g}, {info.relax_bounds[1]:g}]"
+                         if info.relax_bounds is not None else ""))
     if extras:
         text += " Not in the paper: " + "; ".join(extras) + "."
     return text

@@ -128,7 +128,9 @@ class ModelInfo:
     ``k`` images of the state under the lattice's symmetries (:data:`LATTICE_IMAGES`, k times the
     cost per step): interfaces no longer snap to preferred positions of the model grid.
     ``relax_dt > 0`` (not in the paper; 0 = off) ends each step with a Cahn-Hilliard relaxation
-    of that time (model time units) on the solvers' grid (:meth:`CRNN.relax`)."""
+    of that time (model time units) on the solvers' grid (:meth:`CRNN.relax`);
+    ``relax_limit = r`` keeps the relaxation's change within ``[-r, 1 + r]`` (None: the flux
+    limiter's bounds, unbounded without one)."""
 
     config: CRNNConfig
     tau: float = TAU
@@ -145,6 +147,13 @@ class ModelInfo:
     flux_limit: float | None = None
     lattice_average: int = 1
     relax_dt: float = 0.0
+    relax_limit: float | None = None
+
+    @property
+    def relax_bounds(self) -> tuple[float, float] | None:
+        """``(lo, hi)`` that the fine-grid relaxation keeps phi within, or None (unbounded)."""
+        m = self.flux_limit if self.relax_limit is None else self.relax_limit
+        return None if m is None else (-m, 1.0 + m)
 
 
 # --------------------------------------------------------------------------- network
@@ -354,13 +363,14 @@ class CRNN(nn.Module):
                  data: dict | None = None, version: str = __version__, coarse: str = "nearest",
                  guard_iters: int = 0, guard_dt: float | None = None,
                  flux_limit: float | None = None, lattice_average: int = 1,
-                 relax_dt: float = 0.0):
+                 relax_dt: float = 0.0, relax_limit: float | None = None):
         super().__init__()
         if int(downscale) != downscale or downscale < 1:
             raise ValueError(f"downscale must be a positive integer, got {downscale!r}")
         for problem in (option_problem(k, v) for k, v in (
                 ("coarse", coarse), ("guard_iters", guard_iters), ("flux_limit", flux_limit),
-                ("lattice_average", lattice_average), ("relax_dt", relax_dt))):
+                ("lattice_average", lattice_average), ("relax_dt", relax_dt),
+                ("relax_limit", relax_limit))):
             if problem:
                 raise ValueError(problem)
         limit = explicit_dt_limit(eps, mobility, downscale)
@@ -379,7 +389,8 @@ class CRNN(nn.Module):
                               dict(recipe or {}), dict(data or {}), str(version), n_params,
                               coarse, int(guard_iters), guard_dt,
                               None if flux_limit is None else float(flux_limit),
-                              int(lattice_average), float(relax_dt))
+                              int(lattice_average), float(relax_dt),
+                              None if relax_limit is None else float(relax_limit))
         self.extra: dict = {}
 
     @property
@@ -471,9 +482,9 @@ class CRNN(nn.Module):
         """Fine-grid relaxation: ``phi`` ``(B, Z, Y, X)`` on the model grid, Fourier-interpolated
         to the solvers' grid (``downscale`` times finer, :func:`fourier_resample`), advanced by
         one :func:`napari_chflow.physics.semi_implicit_step` of ``relax_dt`` and brought back
-        band-limited. With ``flux_limit`` the change is applied as the fluxes of
-        :func:`gradient_faces`, limited like the network's (:func:`limited_faces`), so phi keeps
-        within the same bounds. Computed in float64; the mean is kept exactly. The model grid
+        band-limited. With bounds (:attr:`ModelInfo.relax_bounds`: ``relax_limit``, else
+        ``flux_limit``) the change is applied as the fluxes of :func:`gradient_faces`, limited
+        like the network's (:func:`limited_faces`), so phi keeps within them. Computed in float64; the mean is kept exactly. The model grid
         plays no part in the relaxation, so it adds no lattice pinning (unlike the energy guard).
         Differentiable."""
         info = self.info
@@ -484,9 +495,9 @@ class CRNN(nn.Module):
                                          info.mobility)
             change = fourier_resample(relaxed, phi.shape[-3:]) - x
             change = change - change.mean(dim=(-3, -2, -1), keepdim=True)
-            if info.flux_limit is not None:
-                m = info.flux_limit
-                change = limited_faces(x, gradient_faces(change), -m, 1.0 + m)
+            bounds = info.relax_bounds
+            if bounds is not None:
+                change = limited_faces(x, gradient_faces(change), *bounds)
         return phi + change.to(phi.dtype)
 
     def forward(self, phi_in: torch.Tensor, n_steps: int = 0,
@@ -724,7 +735,7 @@ def checkpoint_payload(model: CRNN, *, recipe: dict, data: dict, extra: dict | N
             "mobility": info.mobility, "downscale": info.downscale, "param_count": info.param_count,
             "coarse": info.coarse, "guard_iters": info.guard_iters, "guard_dt": info.guard_dt,
             "flux_limit": info.flux_limit, "lattice_average": info.lattice_average,
-            "relax_dt": info.relax_dt,
+            "relax_dt": info.relax_dt, "relax_limit": info.relax_limit,
             "recipe": _safe(dict(recipe), "recipe"), "data": _safe(dict(data), "data"),
             "extra": _safe(dict(extra or {}), "extra"), "sha256": _digest(state),
             "state_dict": state}
@@ -766,7 +777,8 @@ def model_from_payload(payload, source: str = "checkpoint") -> CRNN:
                   guard_iters=payload.get("guard_iters", 0), guard_dt=payload.get("guard_dt"),
                   flux_limit=payload.get("flux_limit"),
                   lattice_average=payload.get("lattice_average", 1),
-                  relax_dt=payload.get("relax_dt", 0.0))
+                  relax_dt=payload.get("relax_dt", 0.0),
+                  relax_limit=payload.get("relax_limit"))
     try:
         config = CRNNConfig(**payload["config"])
         with torch.device("meta"):  # shapes only: nothing is allocated before they match
@@ -798,7 +810,8 @@ def _whole(value, lo: int, hi: int) -> bool:
 
 def option_problem(name: str, value) -> str | None:
     """What is wrong with the value of the model option ``name`` (``"coarse"``,
-    ``"guard_iters"``, ``"flux_limit"``, ``"lattice_average"`` or ``"relax_dt"``) as
+    ``"guard_iters"``, ``"flux_limit"``, ``"lattice_average"``, ``"relax_dt"`` or
+    ``"relax_limit"``) as
     ``"name = value: it must be ..."``, or None. The one place these bounds live: the model, its
     checkpoint header and the training recipe use it."""
     if name == "coarse":
@@ -808,9 +821,10 @@ def option_problem(name: str, value) -> str | None:
     elif name == "lattice_average":
         ok = _whole(value, 1, 8) and value in LATTICE_IMAGES
         need = f"one of {', '.join(map(str, LATTICE_IMAGES))} (1 = off)"
-    elif name == "flux_limit":
+    elif name in ("flux_limit", "relax_limit"):
         ok = value is None or (_number(value) and 0 <= value <= 1)
-        need = "None (off) or a margin from 0 to 1 beyond [0, 1]"
+        need = ("None (off) or a margin from 0 to 1 beyond [0, 1]" if name == "flux_limit" else
+                "None (the flux limit's) or a margin from 0 to 1 beyond [0, 1]")
     elif name == "relax_dt":
         ok = _number(value) and 0 <= value <= RELAX_MAX
         need = f"a time from 0 (off) to {RELAX_MAX:g}"
@@ -829,7 +843,7 @@ def _header_problem(payload: dict) -> str | None:
     if not _whole(d, 1, 16):
         return f"downscale = {d!r} (it must be an integer from 1 to 16)"
     for name, default in (("flux_limit", None), ("guard_iters", 0), ("coarse", "nearest"),
-                          ("lattice_average", 1), ("relax_dt", 0.0)):
+                          ("lattice_average", 1), ("relax_dt", 0.0), ("relax_limit", None)):
         problem = option_problem(name, payload.get(name, default))
         if problem:
             return problem

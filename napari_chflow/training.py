@@ -140,7 +140,8 @@ class TrainConfig:
     lattice images (:data:`napari_chflow.model.LATTICE_IMAGES`), in training and in the saved
     model, 1 = off; ``relax_dt``: the model's fine-grid relaxation after each step
     (:meth:`napari_chflow.model.CRNN.relax`, model time units), in training and in the saved
-    model, 0 = off; ``stop_after``: end the run
+    model, 0 = off; ``relax_limit``: the margin that relaxation keeps phi within
+    (``[-r, 1 + r]``), None = the flux limiter's; ``stop_after``: end the run
     after this many epochs in total while the lr schedule still spans ``epochs`` (a staged run
     continued later with ``resume``), None = run all ``epochs``."""
 
@@ -172,6 +173,7 @@ class TrainConfig:
     stride: int = 1
     lattice_average: int = 1
     relax_dt: float = 0.0
+    relax_limit: float | None = None
     stop_after: int | None = None
     model: CRNNConfig = CRNNConfig()
 
@@ -180,7 +182,7 @@ LR_SCHEDULES = ("constant", "cosine")
 LR_FINAL_FRACTION = 0.05
 MODEL_OPTION_FLAGS = {"coarse": "--coarse", "guard_iters": "--energy-guard",
                       "flux_limit": "--flux-limit", "lattice_average": "--lattice-average",
-                      "relax_dt": "--relax-dt"}
+                      "relax_dt": "--relax-dt", "relax_limit": "--relax-limit"}
 """The command-line flag of each model option of the recipe (:func:`model.option_problem`)."""
 
 RESUMABLE_FIELDS = ("epochs", "lr", "lr_schedule", "grad_clip", "device", "num_threads",
@@ -720,6 +722,7 @@ def train(
         model = CRNN(config.model, downscale=config.downscale, coarse=config.coarse,
                      guard_iters=config.guard_iters, flux_limit=config.flux_limit,
                      lattice_average=config.lattice_average, relax_dt=config.relax_dt,
+                     relax_limit=config.relax_limit,
                      **physics).to(ranks.device)
         parent = _initial_weights(model, config.init) if state is None else state.get("parent")
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -860,6 +863,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="fine-grid relaxation: end each step with a semi-implicit Cahn-Hilliard step of H "
              "(model time units) on the solvers' grid, Fourier-interpolated; no lattice pinning "
              "(in training and in the saved model; default 0 = off, the paper's CRNN)")
+    add("--relax-limit", type=float, metavar="R",
+        help="keep the fine-grid relaxation's change within [-R, 1 + R], applied as limited "
+             "fluxes with mass exact (in training and in the saved model; default: the "
+             "--flux-limit bounds)")
     add("--grad-clip", type=float, help=f"max gradient norm, 0 = off (default {d.grad_clip})")
     add("--seed", type=int, help=f"seed of weights, data order, augmentation (default {d.seed})")
     add("--device", help="cpu (default) or cuda")

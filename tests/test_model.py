@@ -554,6 +554,29 @@ def test_relax_with_a_flux_limit_keeps_phi_within_the_bounds_and_mass_exact():
     torch.testing.assert_close(update, change)
 
 
+def test_relax_limit_sets_the_relaxations_own_bounds_and_survives_a_checkpoint(tmp_path):
+    """``relax_limit`` bounds the relaxation apart from the network's flux limit: the ringing
+    relaxation of sharp interfaces is cut at its margin (wider than the flux limit's), mass
+    exact; without it the relaxation keeps the flux limit's bounds."""
+    phi = torch.zeros(1, 16, 16, 16, dtype=torch.float64)
+    phi[:, 4:12] = 1.0
+    phi[:, :, 4:12, 4:12] = 1.0 - phi[:, :, 4:12, 4:12]
+    save_checkpoint(tmp_path / "r.pt", CRNN(relax_dt=0.06, flux_limit=0.05, relax_limit=0.08),
+                    recipe={}, data={})
+    model = load_checkpoint(tmp_path / "r.pt")
+    assert (model.info.flux_limit, model.info.relax_limit) == (0.05, 0.08)
+    assert model.info.relax_bounds == (-0.08, 1.08)
+    relaxed = model.relax(phi)
+    assert 1.05 < float(relaxed.max()) <= 1.08 + 1e-12  # past the flux limit, within its own
+    assert -0.08 - 1e-12 <= float(relaxed.min()) < -0.05
+    assert float(relaxed.sum()) == pytest.approx(float(phi.sum()), abs=1e-9)
+    assert CRNN(relax_dt=0.06, flux_limit=0.05).info.relax_bounds == (-0.05, 1.05)
+    assert CRNN(relax_dt=0.06).info.relax_bounds is None
+    for bad in (-0.1, 2.0, "0.1"):
+        with pytest.raises(ValueError, match="relax_limit"):
+            CRNN(relax_limit=bad)
+
+
 def test_lattice_average_keeps_a_slab_at_rest_where_the_plain_crnn_pins_it(tmp_path):
     from napari_chflow.metrics import interface_displacement
     from napari_chflow.seeds import slab
