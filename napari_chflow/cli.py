@@ -127,10 +127,15 @@ def _cmd_simulate(args) -> None:
 
 
 def _load_model(name_or_path: str, device):
-    from .model import load_checkpoint, load_pretrained
+    from .model import CheckpointError, available_pretrained, load_checkpoint, load_pretrained
 
     if Path(name_or_path).suffix == ".pt" or Path(name_or_path).exists():
         return load_checkpoint(name_or_path, device=device)
+    if name_or_path not in available_pretrained():
+        raise CheckpointError(
+            f"--model {name_or_path}: no such bundled model or file; use one of "
+            f"{', '.join(available_pretrained())} or a checkpoint path such as run/best.pt "
+            "(written by `chflow train`)")
     return load_pretrained(name_or_path, device=device)
 
 

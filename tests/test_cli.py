@@ -37,6 +37,8 @@ def test_seed_bunny_from_local_copy(tmp_path, bunny_path):
         (["seed", "mesh", "--path", "{tmp}/none.ply", "-o", "{tmp}/m.zarr"], "does not exist"),
         (["seed", "perlin", "--size", "2", "-o", "{tmp}/p.zarr"], "too small"),
         (["dataset", "--n-seq", "2", "--shard", "3", "-o", "{tmp}/d"], "shard"),
+        (["rollout", "{ic}", "--model", "nosuch", "-o", "{tmp}/r.zarr"],
+         "--model nosuch: no such bundled model or file; use one of default, fast or a checkpoint"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_fix(tmp_path, capsys, argv, message):
