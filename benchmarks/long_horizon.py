@@ -24,6 +24,11 @@ More checks of the same table (``--checks long short rest early``):
   as the report draws its held-out ones but with seed offset ``--time-offset`` (the report:
   10000): mean interface displacement from the solver and that of the no-change predictor at
   10x and 100x the training length;
+- ``floor``: on the same ICs as ``time``, without the CRNN: the interface displacement from the
+  solver at 1x, 2x, 10x and 100x the training length of the solver itself started from the
+  model-grid IC (downsampled, upsampled back: all that a surrogate on the model grid is given),
+  beside the no-change predictor's. Whether a displacement at 100x is lost information or model
+  error (``--time-offset 10000`` gives the report's five ICs with ``--time-ics 5``);
 - ``signed``: on the ``--ics``, at t = 1, 10, 50, 100, 300: the signed F/V error on the model
   grid (as ``long``) and on the full grid (the CRNN's state Fourier-interpolated there, against
   the solver's own state), and the interface displacement from the solver on the full grid:
@@ -39,9 +44,9 @@ import numpy as np
 import torch
 
 from model_card import CHECK_TAU, accuracy  # benchmarks/ is on the path when run as a script
-from napari_chflow.model import load_checkpoint, load_pretrained
 from napari_chflow.metrics import interface_displacement
-from napari_chflow.model import fourier_resample, iter_rollout, to_model_grid
+from napari_chflow.model import (fourier_resample, iter_rollout, load_checkpoint, load_pretrained,
+                                 to_model_grid, upsample)
 from napari_chflow.physics import free_energy_parts, iter_simulate
 from napari_chflow.seeds import perlin, slab, tanh_profile
 from napari_chflow.validation.heldout import heldout_ics, training_spec
@@ -59,7 +64,8 @@ def main(argv=None) -> None:
     p.add_argument("--n-tau", type=int, default=1000)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--checks", nargs="+", default=["long"], choices=("long", "short", "rest",
-                                                                     "early", "time", "signed"))
+                                                                     "early", "time", "floor",
+                                                                     "signed"))
     p.add_argument("--short-seeds", nargs="+", type=int, default=[911, 912, 913, 914])
     p.add_argument("--early-seed", type=int, default=903)
     p.add_argument("--time-ics", type=int, default=3)
@@ -86,6 +92,8 @@ def main(argv=None) -> None:
               f"{rel.max():.3f} at t = {run['t'][rel.argmax()]:g}", flush=True)
     if "time" in args.checks:
         _time(model, args)
+    if "floor" in args.checks:
+        _floor(model, args)
     if "signed" in args.checks:
         _signed(model, args)
 
@@ -127,6 +135,25 @@ def _time(model, args) -> None:
         d, d0 = (float(np.mean(x)) for x in zip(*pairs))
         print(f"{args.checkpoint} time {k}x ({spec.size}^3, {k * T} steps): delta {d:.3f}, "
               f"no-change {d0:.3f}, ratio {d / d0:.3f}", flush=True)
+
+
+def _floor(model, args) -> None:
+    spec, info = training_spec(model), model.info
+    T, marks = spec.n_tau, (1, 2, 10, 100)
+    rows = []
+    for phi0, params in heldout_ics(spec, args.time_ics, spec.size, args.time_offset):
+        start = upsample(to_model_grid(phi0, info), info.downscale)
+        runs = (iter_simulate(x, 100 * T, tau=info.tau, solver="spectral", eps=info.eps,
+                              mobility=info.mobility) for x in (phi0, start))
+        rows.append({k // T: (interface_displacement(x, gt), interface_displacement(start, gt))
+                     for k, (gt, x) in enumerate(zip(*runs)) if k in {m * T for m in marks}})
+        print(f"{args.checkpoint} floor IC seed {params['seed']}: solver from the model-grid IC / "
+              f"no-change { {m: tuple(round(float(v), 3) for v in d) for m, d in rows[-1].items()} }",
+              flush=True)
+    for m in marks:
+        d, d0 = (float(np.mean(v)) for v in zip(*(r[m] for r in rows)))
+        print(f"{args.checkpoint} floor {m}x ({spec.size}^3, {m * T} steps): solver from the "
+              f"model-grid IC {d:.3f}, no-change {d0:.3f}", flush=True)
 
 
 def _signed(model, args) -> None:
