@@ -753,7 +753,11 @@ def test_traces_from_two_sequence_layers(make_napari_viewer, qtbot, notes, perli
 
 def test_train_one_epoch_cancel_resume_and_checkpoint_is_selectable(make_napari_viewer, qtbot,
                                                                      notes, tmp_path,
-                                                                     figure_problems):
+                                                                     figure_problems,
+                                                                     monkeypatch):
+    import threading
+
+    import napari_chflow.training as training_module
     from napari_chflow.widgets.evolve import EvolveWidget
     from napari_chflow.widgets.train import TrainWidget
 
@@ -771,10 +775,19 @@ def test_train_one_epoch_cancel_resume_and_checkpoint_is_selectable(make_napari_
     train.epochs.value = 1
     assert not train.start(resume=True)  # nothing to resume yet: said, not silently restarted
     assert _errors(notes)[-1].startswith("Press Train to start a run")
+    real_train, pressed = training_module.train, threading.Event()
+
+    def after_cancel(*args, **kwargs):  # the run starts once Cancel is pressed: no race with it
+        pressed.wait(WAIT_MS / 1000)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(training_module, "train", after_cancel)
     assert train.start()
     train.cancel()  # polled before the first batch: nothing trained, nothing written
+    pressed.set()
     qtbot.waitUntil(lambda: not train.running, timeout=WAIT_MS)
     assert train.checkpoint is None and not (out / "last.pt").exists()
+    monkeypatch.setattr(training_module, "train", real_train)
 
     assert train.start()
     qtbot.waitUntil(lambda: not train.running, timeout=WAIT_MS)
