@@ -484,9 +484,9 @@ class CRNN(nn.Module):
         one :func:`napari_chflow.physics.semi_implicit_step` of ``relax_dt`` and brought back
         band-limited. With bounds (:attr:`ModelInfo.relax_bounds`: ``relax_limit``, else
         ``flux_limit``) the change is applied as the fluxes of :func:`gradient_faces`, limited
-        like the network's (:func:`limited_faces`), so phi keeps within them. Computed in float64; the mean is kept exactly. The model grid
-        plays no part in the relaxation, so it adds no lattice pinning (unlike the energy guard).
-        Differentiable."""
+        like the network's (:func:`limited_faces`), so phi keeps within them. Computed in
+        float64; the mean is kept exactly. The model grid plays no part in the relaxation, so it
+        adds no lattice pinning (unlike the energy guard). Differentiable."""
         info = self.info
         fine = [n * info.downscale for n in phi.shape[-3:]]
         with torch.autocast(phi.device.type, enabled=False):
