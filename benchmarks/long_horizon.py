@@ -140,13 +140,14 @@ def _time(model, args) -> None:
 def _floor(model, args) -> None:
     spec, info = training_spec(model), model.info
     T, marks = spec.n_tau, (1, 2, 10, 100)
+    at = {m * T for m in marks}
     rows = []
     for phi0, params in heldout_ics(spec, args.time_ics, spec.size, args.time_offset):
         start = upsample(to_model_grid(phi0, info), info.downscale)
         runs = (iter_simulate(x, 100 * T, tau=info.tau, solver="spectral", eps=info.eps,
                               mobility=info.mobility) for x in (phi0, start))
         rows.append({k // T: (interface_displacement(x, gt), interface_displacement(start, gt))
-                     for k, (gt, x) in enumerate(zip(*runs)) if k in {m * T for m in marks}})
+                     for k, (gt, x) in enumerate(zip(*runs)) if k in at})
         print(f"{args.checkpoint} floor IC seed {params['seed']}: solver from the model-grid IC / "
               f"no-change { {m: tuple(round(float(v), 3) for v in d) for m, d in rows[-1].items()} }",
               flush=True)

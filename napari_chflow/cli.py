@@ -131,10 +131,11 @@ def _load_model(name_or_path: str, device):
 
     if Path(name_or_path).suffix == ".pt" or Path(name_or_path).exists():
         return load_checkpoint(name_or_path, device=device)
-    if name_or_path not in available_pretrained():
+    bundled = available_pretrained()
+    if name_or_path not in bundled:
         raise CheckpointError(
             f"--model {name_or_path}: no such bundled model or file; use one of "
-            f"{', '.join(available_pretrained())} or a checkpoint path such as run/best.pt "
+            f"{', '.join(bundled)} or a checkpoint path such as run/best.pt "
             "(written by `chflow train`)")
     return load_pretrained(name_or_path, device=device)
 

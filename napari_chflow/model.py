@@ -150,10 +150,19 @@ class ModelInfo:
     relax_limit: float | None = None
 
     @property
+    def flux_bounds(self) -> tuple[float, float] | None:
+        """``(lo, hi)`` that the flux limiter keeps phi within, or None (off)."""
+        return _margin_bounds(self.flux_limit)
+
+    @property
     def relax_bounds(self) -> tuple[float, float] | None:
         """``(lo, hi)`` that the fine-grid relaxation keeps phi within, or None (unbounded)."""
-        m = self.flux_limit if self.relax_limit is None else self.relax_limit
-        return None if m is None else (-m, 1.0 + m)
+        return self.flux_bounds if self.relax_limit is None else _margin_bounds(self.relax_limit)
+
+
+def _margin_bounds(margin: float | None) -> tuple[float, float] | None:
+    """``[-margin, 1 + margin]`` as ``(lo, hi)``, or None for no margin (unbounded)."""
+    return None if margin is None else (-margin, 1.0 + margin)
 
 
 # --------------------------------------------------------------------------- network
@@ -427,11 +436,11 @@ class CRNN(nn.Module):
             u, new = self._flux(x, hidden, autocast)
             u = sum(lattice_image(part, inv, shift, inverse=True) * (-1.0 if inv else 1.0)
                     for part, (inv, shift) in zip(u.chunk(len(images)), images)) / len(images)
-        if self.info.flux_limit is None:
+        bounds = self.info.flux_bounds
+        if bounds is None:
             phi_next = phi + self.divergence(u)
         else:
-            m = self.info.flux_limit
-            phi_next = phi + limited_divergence(phi, u, -m, 1.0 + m)
+            phi_next = phi + limited_divergence(phi, u, *bounds)
         if self.info.guard_iters:
             phi_next = self.guard(phi, phi_next)
         if self.info.relax_dt:

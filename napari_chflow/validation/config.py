@@ -87,9 +87,9 @@ PRESETS: dict[str, ValidationConfig] = {
         bunny_n_tau=4, coarsen_size=16, coarsen_n_tau=100, ensemble_n=3, ensemble_size=16,
         ensemble_n_tau=20, long_size=16, long_n_tau=40, rest_size=16, rest_steps=20,
         bench_sizes=(8, 16), n_record=20),
-    # on a 2-core CPU: 51 min with the `fast` model on 2 threads, 2.4 h with `default` (4 lattice
-    # images and a fine-grid relaxation per step) on 1 thread, of which the 128^3 coarsening 83 min
-    # and the time extrapolation 44 min (measured, docs/validation.md). Spectral ground truth for
+    # on a 2-core CPU: 51 min with the `fast` model on 2 threads, 2.5 h with `default` (4 lattice
+    # images and a fine-grid relaxation per step) on 1 thread, of which the 128^3 coarsening 80 min
+    # and the time extrapolation 49 min (measured, docs/validation.md). Spectral ground truth for
     # the long runs (it agrees with the explicit solver, see experiment 1), explicit elsewhere
     "cpu": ValidationConfig(scale="cpu"),
     # the paper's sizes for a GPU: 128^3 coarsening, 100-run ensemble on the training box
