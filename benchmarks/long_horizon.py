@@ -29,6 +29,11 @@ More checks of the same table (``--checks long short rest early``):
   model-grid IC (downsampled, upsampled back: all that a surrogate on the model grid is given),
   beside the no-change predictor's. Whether a displacement at 100x is lost information or model
   error (``--time-offset 10000`` gives the report's five ICs with ``--time-ics 5``);
+- ``settled``: on the same ICs as ``time``: the solver's state after 10x the training length
+  (by then the 32^3 boxes have settled, often into saddle-shaped, Schwarz-P-like arrangements
+  that the physics keeps where they are), then ``--settled-steps`` steps of the CRNN and of the
+  solver from it: the interface displacement between the two at 1/4, 1/2 and all of the steps.
+  The creep behind the report's 100x figure (rest slabs cannot show it: they do not creep);
 - ``signed``: on the ``--ics``, at t = 1, 10, 50, 100, 300: the signed F/V error on the model
   grid (as ``long``) and on the full grid (the CRNN's state Fourier-interpolated there, against
   the solver's own state), and the interface displacement from the solver on the full grid:
@@ -65,15 +70,21 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--checks", nargs="+", default=["long"], choices=("long", "short", "rest",
                                                                      "early", "time", "floor",
-                                                                     "signed"))
+                                                                     "settled", "signed"))
     p.add_argument("--short-seeds", nargs="+", type=int, default=[911, 912, 913, 914])
     p.add_argument("--early-seed", type=int, default=903)
     p.add_argument("--time-ics", type=int, default=3)
     p.add_argument("--time-offset", type=int, default=20_000)
+    p.add_argument("--settled-steps", type=int, default=1000)
+    p.add_argument("--ics-from", metavar="CHECKPOINT",
+                   help="draw the time / floor / settled ICs by this checkpoint's training data "
+                        "(default: the checkpoint's own), to compare models fine-tuned on "
+                        "different datasets on the same ICs")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_pretrained() if args.checkpoint == "default" else load_checkpoint(args.checkpoint)
+    model = _load(args.checkpoint)
+    args.spec = training_spec(_load(args.ics_from) if args.ics_from else model)
     if "long" in args.checks:
         _long(model, args)
     if "short" in args.checks:
@@ -94,6 +105,8 @@ def main(argv=None) -> None:
         _time(model, args)
     if "floor" in args.checks:
         _floor(model, args)
+    if "settled" in args.checks:
+        _settled(model, args)
     if "signed" in args.checks:
         _signed(model, args)
 
@@ -118,8 +131,12 @@ def _rest_positions(model, args) -> None:
     print(f"{args.checkpoint} slabs at rest, displacement after 1000 steps: {out}", flush=True)
 
 
+def _load(name: str):
+    return load_pretrained() if name == "default" else load_checkpoint(name)
+
+
 def _time(model, args) -> None:
-    spec = training_spec(model)
+    spec = args.spec
     T = spec.n_tau
     frames = record_frames(100 * T, 30, extra=[10 * T, 100 * T])
     at = {k: int(np.searchsorted(frames, k * T)) for k in (10, 100)}
@@ -138,7 +155,7 @@ def _time(model, args) -> None:
 
 
 def _floor(model, args) -> None:
-    spec, info = training_spec(model), model.info
+    spec, info = args.spec, model.info
     T, marks = spec.n_tau, (1, 2, 10, 100)
     at = {m * T for m in marks}
     rows = []
@@ -155,6 +172,26 @@ def _floor(model, args) -> None:
         d, d0 = (float(np.mean(v)) for v in zip(*(r[m] for r in rows)))
         print(f"{args.checkpoint} floor {m}x ({spec.size}^3, {m * T} steps): solver from the "
               f"model-grid IC {d:.3f}, no-change {d0:.3f}", flush=True)
+
+
+def _settled(model, args) -> None:
+    spec, info = args.spec, model.info
+    n = args.settled_steps
+    marks, rows = (n // 4, n // 2, n), []
+    for phi0, params in heldout_ics(spec, args.time_ics, spec.size, args.time_offset):
+        *_, start = iter_simulate(phi0, 10 * spec.n_tau, tau=info.tau, solver="spectral",
+                                  eps=info.eps, mobility=info.mobility)
+        solver = iter_simulate(start, n, tau=info.tau, solver="spectral", eps=info.eps,
+                               mobility=info.mobility)
+        rows.append([interface_displacement(upsample(crnn, info.downscale), gt)
+                     for k, (gt, crnn) in enumerate(zip(solver, iter_rollout(model, start, n)))
+                     if k in marks])
+        print(f"{args.checkpoint} settled IC seed {params['seed']}: displacement from the solver "
+              f"after {marks} steps: {[round(float(d), 3) for d in rows[-1]]}", flush=True)
+    mean = np.mean(rows, axis=0)
+    print(f"{args.checkpoint} settled ({spec.size}^3, from the solver at {10 * spec.n_tau} "
+          f"steps), mean displacement after {marks} steps: {[round(float(d), 3) for d in mean]}",
+          flush=True)
 
 
 def _signed(model, args) -> None:

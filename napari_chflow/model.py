@@ -70,18 +70,28 @@ included) runs in chunks: the passes then stay in cache (measured, 2 threads: 4 
 in one pass 1.06 s, in four 0.70 s; 4 of 32^3 in one pass 0.08 s)."""
 RELAX_MAX = 10.0
 """Longest fine-grid relaxation (model time units) a checkpoint may ask for."""
+_SAME_AXES, _CYCLIC_AXES = ((0, 1, 2),), ((0, 1, 2), (1, 2, 0), (2, 0, 1))
+_NO_SHIFT, _BODY_CENTRE = (0.0, 0.0, 0.0), (0.5, 0.5, 0.5)
+_FACE_CENTRES = (_NO_SHIFT, (0.5, 0.5, 0.0), (0.5, 0.0, 0.5), (0.0, 0.5, 0.5))
 LATTICE_IMAGES = {
-    1: ((False, (0.0, 0.0, 0.0)),),
-    4: tuple((inv, s) for inv in (False, True) for s in ((0.0, 0.0, 0.0), (0.5, 0.5, 0.5))),
-    8: tuple((inv, s) for inv in (False, True)
-             for s in ((0.0, 0.0, 0.0), (0.5, 0.5, 0.0), (0.5, 0.0, 0.5), (0.0, 0.5, 0.5))),
+    1: (((0, 1, 2), False, _NO_SHIFT),),
+    4: tuple((a, inv, s) for a in _SAME_AXES for inv in (False, True)
+             for s in (_NO_SHIFT, _BODY_CENTRE)),
+    6: tuple((a, inv, _NO_SHIFT) for a in _CYCLIC_AXES for inv in (False, True)),
+    8: tuple((a, inv, s) for a in _SAME_AXES for inv in (False, True) for s in _FACE_CENTRES),
+    12: tuple((a, inv, s) for a in _CYCLIC_AXES for inv in (False, True)
+              for s in (_NO_SHIFT, _BODY_CENTRE)),
 }
 """Images of the model-grid state over which :meth:`CRNN.step` averages the flux field, by
-``lattice_average``: (point inversion?, shift in cells along Z, Y, X). A learned step on a coarse
-lattice is not quite translation- or inversion-invariant: a flat interface at rest creeps to
-preferred sub-cell positions (lattice pinning) or slides one way. Half-cell shifts cancel the
-first, inversion the second. 4: the body-centre shift, for interfaces along the grid axes; 8: the
-face-centre shifts, also for diagonal ones."""
+``lattice_average``: (order of the axes, point inversion?, shift in cells along Z, Y, X). A
+learned step on a coarse lattice is not quite invariant under the lattice's symmetries: a flat
+interface at rest creeps to preferred sub-cell positions (lattice pinning) or slides one way, and
+a settled saddle-shaped arrangement (as the 32^3 boxes reach late) drifts. Half-cell shifts
+cancel the first, inversion the second, the cyclic orders of the axes (rotations by 120 degrees
+about the cube's diagonal) the third. 4: the body-centre shift, for interfaces along the grid
+axes; 8: the face-centre shifts, also for diagonal ones; 6: the rotations without shifts; 12:
+the rotations and the body-centre shift. Each set is a group up to whole-cell translations, so the
+averaged step is exactly equivariant under its inversions and rotations."""
 
 
 class CheckpointError(ValueError):
@@ -304,15 +314,19 @@ def gradient_faces(change: torch.Tensor) -> list[torch.Tensor]:
     return [torch.roll(psi, -1, d) - psi for d in dims]
 
 
-def lattice_image(phi: torch.Tensor, inverted: bool, shift: tuple[float, float, float],
-                  inverse: bool = False) -> torch.Tensor:
-    """A field on the periodic model grid (last three axes) sampled at the nodes moved by
-    ``shift`` cells (band-limited: Fourier interpolation), then point-inverted (all three axes
-    reversed) if ``inverted``; ``inverse=True`` undoes it. For a flux field ``(B, 3, Z, Y, X)``
-    the caller also reverses its sign under inversion. The mean is kept."""
-    dims = (-3, -2, -1)
+def lattice_image(phi: torch.Tensor, image: tuple, inverse: bool = False) -> torch.Tensor:
+    """A field on the periodic model grid (last three axes) under one of the
+    :data:`LATTICE_IMAGES` ``image = (axes, inverted, shift)``: sampled at the nodes moved by
+    ``shift`` cells (band-limited: Fourier interpolation), its axes put in the order ``axes``,
+    then point-inverted (all three axes reversed) if ``inverted``; ``inverse=True`` undoes it.
+    The mean is kept. A flux field's components also change under the image: see
+    :func:`flux_from_image`."""
+    axes, inverted, shift = image
+    dims, lead = (-3, -2, -1), phi.dim() - 3
     if inverse and inverted:
         phi = torch.flip(phi, dims)
+    if inverse and tuple(axes) != (0, 1, 2):
+        phi = phi.permute(*range(lead), *(lead + axes.index(j) for j in range(3)))
     if any(shift):
         sign = -1.0 if inverse else 1.0
         spec = torch.fft.fftn(phi, dim=dims)
@@ -322,9 +336,20 @@ def lattice_image(phi: torch.Tensor, inverted: bool, shift: tuple[float, float, 
                 phase = torch.polar(torch.ones_like(k), sign * 2 * math.pi * k * s / n)
                 spec = spec * phase.reshape([n if a == axis else 1 for a in range(3)])
         phi = torch.fft.ifftn(spec, dim=dims).real.to(phi.dtype)
+    if not inverse and tuple(axes) != (0, 1, 2):
+        phi = phi.permute(*range(lead), *(lead + a for a in axes))
     if inverted and not inverse:
         phi = torch.flip(phi, dims)
     return phi
+
+
+def flux_from_image(u: torch.Tensor, image: tuple) -> torch.Tensor:
+    """The flux field ``u`` ``(B, 3, Z, Y, X)`` (components along Z, Y, X) computed on
+    :func:`lattice_image` ``image`` of a state, mapped back to the state: positions by the
+    inverse image, components reordered with the axes and reversed under inversion."""
+    axes, inverted, _ = image
+    back = lattice_image(u, image, inverse=True)[:, [axes.index(j) for j in range(3)]]
+    return -back if inverted else back
 
 
 def fourier_resample(phi: torch.Tensor, shape) -> torch.Tensor:
@@ -432,10 +457,14 @@ class CRNN(nn.Module):
         if len(images) == 1:  # the paper's step
             u, new = self._flux(phi, hidden, autocast)
         else:  # each image's flux field mapped back (inversion reverses it), then averaged
-            x = torch.cat([lattice_image(phi, inv, shift) for inv, shift in images])
+            if len({n for n in phi.shape[-3:]}) > 1 and any(a != (0, 1, 2) for a, _, _ in images):
+                raise ValueError(f"lattice_average={self.info.lattice_average} rotates the axes, "
+                                 f"which needs a cubic grid, not {tuple(phi.shape[-3:])}: use "
+                                 "lattice_average 4 or 8")
+            x = torch.cat([lattice_image(phi, image) for image in images])
             u, new = self._flux(x, hidden, autocast)
-            u = sum(lattice_image(part, inv, shift, inverse=True) * (-1.0 if inv else 1.0)
-                    for part, (inv, shift) in zip(u.chunk(len(images)), images)) / len(images)
+            u = sum(flux_from_image(part, image)
+                    for part, image in zip(u.chunk(len(images)), images)) / len(images)
         bounds = self.info.flux_bounds
         if bounds is None:
             phi_next = phi + self.divergence(u)
@@ -828,7 +857,7 @@ def option_problem(name: str, value) -> str | None:
     elif name == "guard_iters":
         ok, need = _whole(value, 0, GUARD_MAX), f"an integer from 0 (off) to {GUARD_MAX}"
     elif name == "lattice_average":
-        ok = _whole(value, 1, 8) and value in LATTICE_IMAGES
+        ok = _whole(value, 1, max(LATTICE_IMAGES)) and value in LATTICE_IMAGES
         need = f"one of {', '.join(map(str, LATTICE_IMAGES))} (1 = off)"
     elif name in ("flux_limit", "relax_limit"):
         ok = value is None or (_number(value) and 0 <= value <= 1)

@@ -856,9 +856,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
              "fluxes, mass still exact (in training and in the saved model; default: off, the "
              "paper's CRNN)")
     add("--lattice-average", type=int, metavar="K", choices=sorted(LATTICE_IMAGES),
-        help="average each step over K lattice images of the state (1, 4 or 8; K times the cost "
-             "per step; in training and in the saved model): interfaces stop snapping to the "
-             "model grid (default 1 = off, the paper's CRNN)")
+        help="average each step over K lattice images of the state (1, 4, 6, 8 or 12; K times "
+             "the cost per step; in training and in the saved model): 4 and 8 shift by half "
+             "cells, so interfaces stop snapping to the model grid; 6 and 12 also rotate the "
+             "axes (cubic grids), so settled arrangements stop drifting (default 1 = off, the "
+             "paper's CRNN)")
     add("--relax-dt", type=float, metavar="H",
         help="fine-grid relaxation: end each step with a semi-implicit Cahn-Hilliard step of H "
              "(model time units) on the solvers' grid, Fourier-interpolated; no lattice pinning "

@@ -11,6 +11,7 @@ from napari_chflow import model as M
 from napari_chflow.model import (
     CRNN,
     CheckpointError,
+    LATTICE_IMAGES,
     RolloutDiverged,
     available_pretrained,
     downsample,
@@ -448,19 +449,43 @@ def test_checkpoint_stores_str_subclasses_as_plain_str(tmp_path):
 def test_lattice_images_are_exact_symmetries_and_invert():
     rng = np.random.default_rng(4)
     phi = torch.from_numpy(rng.random((2, 8, 8, 8)))
-    for inverted in (False, True):
-        for shift in ((0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0, 0.5)):
-            image = lattice_image(phi, inverted, shift)
-            back = lattice_image(image, inverted, shift, inverse=True)
-            torch.testing.assert_close(image.sum(dim=(1, 2, 3)), phi.sum(dim=(1, 2, 3)))
-            if not any(shift):  # whole-cell operations lose nothing
-                torch.testing.assert_close(back, phi)
-    # a band-limited field sampled at the moved nodes, exactly; inversion reverses the axes
+    for image in {im for images in LATTICE_IMAGES.values() for im in images}:
+        moved = lattice_image(phi, image)
+        back = lattice_image(moved, image, inverse=True)
+        torch.testing.assert_close(moved.sum(dim=(1, 2, 3)), phi.sum(dim=(1, 2, 3)))
+        if not any(image[2]):  # whole-cell operations lose nothing
+            torch.testing.assert_close(back, phi)
+    # a band-limited field sampled at the moved nodes, exactly; inversion reverses the axes;
+    # the axis order (1, 2, 0) puts Y first
     z = torch.arange(16, dtype=torch.float64)
     wave = torch.cos(2 * np.pi * 3 * z / 16)[None, :, None, None].expand(1, 16, 4, 4)
-    moved = lattice_image(wave, False, (0.5, 0, 0))
+    moved = lattice_image(wave, ((0, 1, 2), False, (0.5, 0, 0)))
     torch.testing.assert_close(moved[0, :, 0, 0], torch.cos(2 * np.pi * 3 * (z + 0.5) / 16))
-    torch.testing.assert_close(lattice_image(phi, True, (0, 0, 0)), phi.flip(1, 2, 3))
+    torch.testing.assert_close(lattice_image(phi, ((0, 1, 2), True, (0, 0, 0))), phi.flip(1, 2, 3))
+    torch.testing.assert_close(lattice_image(phi, ((1, 2, 0), False, (0, 0, 0))),
+                               phi.permute(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("k", [6, 12])
+def test_rotated_lattice_average_makes_the_step_equivariant_under_rotation_and_inversion(k):
+    """With random weights a step is not equivariant; averaged over the rotations by 120 degrees
+    about the cube diagonal and the inversion it is, exactly: the step of the rotated state is
+    the rotated step (the flux field's components turn with the axes), over several steps."""
+    model = make_model(lattice_average=k)
+    phi = torch.rand(1, 8, 8, 8, dtype=torch.float64) * 0.6 + 0.2
+    model = model.double()
+    rotate = (lambda x: x.permute(0, 2, 3, 1), lambda x: x.flip(1, 2, 3))
+    with torch.no_grad():
+        out = model(phi[:, None], 3)[:, -1]
+        for op in rotate:
+            torch.testing.assert_close(model(op(phi)[:, None], 3)[:, -1], op(out))
+        # the body-centre shift without rotations (4 images) does not give the rotation
+        plain = make_model(lattice_average=4).double()
+        plain.load_state_dict(model.state_dict())
+        turned = plain(rotate[0](phi)[:, None], 3)[:, -1]
+        assert float((turned - rotate[0](plain(phi[:, None], 3)[:, -1])).abs().max()) > 1e-4
+    with pytest.raises(ValueError, match="cubic grid"):
+        model.step(torch.rand(1, 8, 8, 6, dtype=torch.float64))
 
 
 def test_a_large_batch_runs_in_chunks_with_the_same_result(monkeypatch):
