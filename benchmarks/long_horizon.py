@@ -32,7 +32,8 @@ More checks of the same table (``--checks long short rest early``):
 - ``settled``: on the same ICs as ``time``: the solver's state after 10x the training length
   (by then the 32^3 boxes have settled, often into saddle-shaped, Schwarz-P-like arrangements
   that the physics keeps where they are), then ``--settled-steps`` steps of the CRNN and of the
-  solver from it: the interface displacement between the two at 1/4, 1/2 and all of the steps.
+  solver from it: the interface displacement between the two at the start (what the model grid
+  loses), after 1/4, 1/2 and all of the steps.
   The creep behind the report's 100x figure (rest slabs cannot show it: they do not creep);
 - ``signed``: on the ``--ics``, at t = 1, 10, 50, 100, 300: the signed F/V error on the model
   grid (as ``long``) and on the full grid (the CRNN's state Fourier-interpolated there, against
@@ -177,7 +178,7 @@ def _floor(model, args) -> None:
 def _settled(model, args) -> None:
     spec, info = args.spec, model.info
     n = args.settled_steps
-    marks, rows = (n // 4, n // 2, n), []
+    marks, rows = (0, n // 4, n // 2, n), []
     for phi0, params in heldout_ics(spec, args.time_ics, spec.size, args.time_offset):
         *_, start = iter_simulate(phi0, 10 * spec.n_tau, tau=info.tau, solver="spectral",
                                   eps=info.eps, mobility=info.mobility)
