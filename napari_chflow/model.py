@@ -77,7 +77,8 @@ LATTICE_IMAGES = {
     1: (((0, 1, 2), False, _NO_SHIFT),),
     4: tuple((a, inv, s) for a in _SAME_AXES for inv in (False, True)
              for s in (_NO_SHIFT, _BODY_CENTRE)),
-    6: tuple((a, inv, _NO_SHIFT) for a in _CYCLIC_AXES for inv in (False, True)),
+    6: tuple((a, inv, _BODY_CENTRE if inv else _NO_SHIFT) for a in _CYCLIC_AXES
+             for inv in (False, True)),
     8: tuple((a, inv, s) for a in _SAME_AXES for inv in (False, True) for s in _FACE_CENTRES),
     12: tuple((a, inv, s) for a in _CYCLIC_AXES for inv in (False, True)
               for s in (_NO_SHIFT, _BODY_CENTRE)),
@@ -88,10 +89,12 @@ learned step on a coarse lattice is not quite invariant under the lattice's symm
 interface at rest creeps to preferred sub-cell positions (lattice pinning) or slides one way, and
 a settled saddle-shaped arrangement (as the 32^3 boxes reach late) drifts. Half-cell shifts
 cancel the first, inversion the second, the cyclic orders of the axes (rotations by 120 degrees
-about the cube's diagonal) the third. 4: the body-centre shift, for interfaces along the grid
-axes; 8: the face-centre shifts, also for diagonal ones; 6: the rotations without shifts; 12:
-the rotations and the body-centre shift. Each set is a group up to whole-cell translations, so the
-averaged step is exactly equivariant under its inversions and rotations."""
+about the cube's diagonal) with inversion the third. 4: the body-centre shift, for interfaces
+along the grid axes; 8: the face-centre shifts, also for diagonal ones; 6: the rotations, each
+also inverted and shifted to the body centre (rotations and inversion alone, without the shift,
+let an axis slab at rest move by 1.1 grid units in 1000 steps: docs/training.md); 12: the
+rotations, the inversion and the body-centre shift. Each set is a group up to whole-cell
+translations, so the averaged step is exactly equivariant under its inversions and rotations."""
 
 
 class CheckpointError(ValueError):

@@ -469,12 +469,14 @@ def test_lattice_images_are_exact_symmetries_and_invert():
 @pytest.mark.parametrize("k", [6, 12])
 def test_rotated_lattice_average_makes_the_step_equivariant_under_rotation_and_inversion(k):
     """With random weights a step is not equivariant; averaged over the rotations by 120 degrees
-    about the cube diagonal and the inversion it is, exactly: the step of the rotated state is
-    the rotated step (the flux field's components turn with the axes), over several steps."""
+    about the cube diagonal (and for 12 the inversion) it is, exactly: the step of the rotated
+    state is the rotated step (the flux field's components turn with the axes), over several
+    steps."""
     model = make_model(lattice_average=k)
     phi = torch.rand(1, 8, 8, 8, dtype=torch.float64) * 0.6 + 0.2
     model = model.double()
-    rotate = (lambda x: x.permute(0, 2, 3, 1), lambda x: x.flip(1, 2, 3))
+    # 6 holds the inversion only together with a half-cell shift (inexact at the Nyquist mode)
+    rotate = (lambda x: x.permute(0, 2, 3, 1),) + ((lambda x: x.flip(1, 2, 3),) if k == 12 else ())
     with torch.no_grad():
         out = model(phi[:, None], 3)[:, -1]
         for op in rotate:
