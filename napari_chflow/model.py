@@ -94,7 +94,8 @@ along the grid axes; 8: the face-centre shifts, also for diagonal ones; 6: the r
 also inverted and shifted to the body centre (rotations and inversion alone, without the shift,
 let an axis slab at rest move by 1.1 grid units in 1000 steps: docs/training.md); 12: the
 rotations, the inversion and the body-centre shift. Each set is a group up to whole-cell
-translations, so the averaged step is exactly equivariant under its inversions and rotations."""
+translations, so the averaged step is equivariant under its images: exactly under rotations and
+pure inversions, up to the Nyquist mode under images with a half-cell shift."""
 
 
 class CheckpointError(ValueError):
