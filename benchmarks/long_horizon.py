@@ -136,13 +136,25 @@ def _load(name: str):
     return load_pretrained() if name == "default" else load_checkpoint(name)
 
 
+def _time_ics(args) -> list:
+    """The ``--time-ics`` development ICs (seed offset ``--time-offset``) of ``time``, ``floor``
+    and ``settled``, drawn by ``args.spec``."""
+    return heldout_ics(args.spec, args.time_ics, args.spec.size, args.time_offset)
+
+
+def _spectral(phi0: np.ndarray, n_steps: int, info):
+    """The ground truth: frames of the spectral solver with the model's tau, eps, mobility."""
+    return iter_simulate(phi0, n_steps, tau=info.tau, solver="spectral", eps=info.eps,
+                         mobility=info.mobility)
+
+
 def _time(model, args) -> None:
     spec = args.spec
     T = spec.n_tau
     frames = record_frames(100 * T, 30, extra=[10 * T, 100 * T])
     at = {k: int(np.searchsorted(frames, k * T)) for k in (10, 100)}
     delta = {k: [] for k in at}
-    for phi0, params in heldout_ics(spec, args.time_ics, spec.size, args.time_offset):
+    for phi0, params in _time_ics(args):
         trace = paired_run(model, phi0, 100 * T, frames)[0]
         for k, i in at.items():
             delta[k].append((trace["delta"][i], trace["delta_frozen"][i]))
@@ -160,10 +172,9 @@ def _floor(model, args) -> None:
     T, marks = spec.n_tau, (1, 2, 10, 100)
     at = {m * T for m in marks}
     rows = []
-    for phi0, params in heldout_ics(spec, args.time_ics, spec.size, args.time_offset):
+    for phi0, params in _time_ics(args):
         start = upsample(to_model_grid(phi0, info), info.downscale)
-        runs = (iter_simulate(x, 100 * T, tau=info.tau, solver="spectral", eps=info.eps,
-                              mobility=info.mobility) for x in (phi0, start))
+        runs = (_spectral(x, 100 * T, info) for x in (phi0, start))
         rows.append({k // T: (interface_displacement(x, gt), interface_displacement(start, gt))
                      for k, (gt, x) in enumerate(zip(*runs)) if k in at})
         print(f"{args.checkpoint} floor IC seed {params['seed']}: solver from the model-grid IC / "
@@ -179,11 +190,9 @@ def _settled(model, args) -> None:
     spec, info = args.spec, model.info
     n = args.settled_steps
     marks, rows = (0, n // 4, n // 2, n), []
-    for phi0, params in heldout_ics(spec, args.time_ics, spec.size, args.time_offset):
-        *_, start = iter_simulate(phi0, 10 * spec.n_tau, tau=info.tau, solver="spectral",
-                                  eps=info.eps, mobility=info.mobility)
-        solver = iter_simulate(start, n, tau=info.tau, solver="spectral", eps=info.eps,
-                               mobility=info.mobility)
+    for phi0, params in _time_ics(args):
+        *_, start = _spectral(phi0, 10 * spec.n_tau, info)
+        solver = _spectral(start, n, info)
         rows.append([interface_displacement(upsample(crnn, info.downscale), gt)
                      for k, (gt, crnn) in enumerate(zip(solver, iter_rollout(model, start, n)))
                      if k in marks])
@@ -206,8 +215,7 @@ def _signed(model, args) -> None:
         seed, mean = item.split(":")
         phi0 = perlin((args.size,) * 3, mean=float(mean), seed=int(seed))
         rows = []
-        solver = iter_simulate(phi0, marks[-1], tau=info.tau, solver="spectral", eps=info.eps,
-                               mobility=info.mobility)
+        solver = _spectral(phi0, marks[-1], info)
         pairs = zip(solver, iter_rollout(model, phi0, marks[-1]))
         for k, (gt, crnn) in enumerate(pairs):
             if k in marks:

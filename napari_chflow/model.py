@@ -318,6 +318,11 @@ def gradient_faces(change: torch.Tensor) -> list[torch.Tensor]:
     return [torch.roll(psi, -1, d) - psi for d in dims]
 
 
+def _inverse_order(axes: tuple[int, int, int]) -> list[int]:
+    """The axis order that undoes ``axes`` (a permutation of 0, 1, 2)."""
+    return [axes.index(j) for j in range(3)]
+
+
 def lattice_image(phi: torch.Tensor, image: tuple, inverse: bool = False) -> torch.Tensor:
     """A field on the periodic model grid (last three axes) under one of the
     :data:`LATTICE_IMAGES` ``image = (axes, inverted, shift)``: sampled at the nodes moved by
@@ -330,7 +335,7 @@ def lattice_image(phi: torch.Tensor, image: tuple, inverse: bool = False) -> tor
     if inverse and inverted:
         phi = torch.flip(phi, dims)
     if inverse and tuple(axes) != (0, 1, 2):
-        phi = phi.permute(*range(lead), *(lead + axes.index(j) for j in range(3)))
+        phi = phi.permute(*range(lead), *(lead + a for a in _inverse_order(axes)))
     if any(shift):
         sign = -1.0 if inverse else 1.0
         spec = torch.fft.fftn(phi, dim=dims)
@@ -352,7 +357,7 @@ def flux_from_image(u: torch.Tensor, image: tuple) -> torch.Tensor:
     :func:`lattice_image` ``image`` of a state, mapped back to the state: positions by the
     inverse image, components reordered with the axes and reversed under inversion."""
     axes, inverted, _ = image
-    back = lattice_image(u, image, inverse=True)[:, [axes.index(j) for j in range(3)]]
+    back = lattice_image(u, image, inverse=True)[:, _inverse_order(axes)]
     return -back if inverted else back
 
 
@@ -461,7 +466,7 @@ class CRNN(nn.Module):
         if len(images) == 1:  # the paper's step
             u, new = self._flux(phi, hidden, autocast)
         else:  # each image's flux field mapped back (inversion reverses it), then averaged
-            if len({n for n in phi.shape[-3:]}) > 1 and any(a != (0, 1, 2) for a, _, _ in images):
+            if len(set(phi.shape[-3:])) > 1 and any(a != (0, 1, 2) for a, _, _ in images):
                 raise ValueError(f"lattice_average={self.info.lattice_average} rotates the axes, "
                                  f"which needs a cubic grid, not {tuple(phi.shape[-3:])}: use "
                                  "lattice_average 4 or 8")
