@@ -236,9 +236,14 @@ def _cmd_validate(args) -> None:
             command += [flag, portable_path(value, digest=False) if path_like else str(value)]
     command += ["--no-memory"] if args.no_memory else []
     command += [f"--set '{item}'" for item in args.set]
+    only = [name.strip() for item in args.only for name in item.split(",") if name.strip()]
     path = validate(model, config, out_dir=args.output, command=" ".join(command),
-                    model_source=portable_path(args.model), progress=not args.quiet)
-    print(f"wrote {path} and {Path(args.output) / 'validation'}/*.png")
+                    model_source=portable_path(args.model), progress=not args.quiet, only=only)
+    if only:
+        print(f"kept {', '.join(only)} in {path}; the same command without --only writes the "
+              "report")
+    else:
+        print(f"wrote {path} and {Path(args.output) / 'validation'}/*.png")
 
 
 # --------------------------------------------------------------------------- parser
@@ -339,7 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("validate", help="regenerate docs/validation.md: the paper's tests with "
-                                        "the model and the solvers (figures in docs/validation/)")
+                                        "the model and the solvers (figures in docs/validation/)",
+                       description="Regenerate docs/validation.md. An interrupted run resumes: "
+                                   "rerun the same command and the experiments that finished "
+                                   "(kept in OUTPUT/.validation-partial/) are not run again.")
     s.add_argument("--scale", choices=["tiny", "cpu", "full"], default="cpu",
                    help="tiny: seconds (smoke test); cpu: 1-2.5 h on 2 cores (fast / default "
                         "model); full: paper scale, GPU")
@@ -354,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a preset field, e.g. --set coarsen_n_tau=2000 (repeatable)")
     s.add_argument("--quiet", action="store_true", help="no progress lines")
     s.add_argument("-o", "--output", default="docs", help="folder for validation.md (default docs)")
+    s.add_argument("--only", action="append", default=[], metavar="NAME[,NAME]",
+                   help="run only these experiments and keep them for the report, to spread "
+                        "the run over processes: time_extrapolation, domain_extrapolation, "
+                        "bunny, coarsening, ensemble, speed_memory, long_horizon")
     s.set_defaults(func=_cmd_validate)
     for sp in sub.choices.values():  # --debug after the subcommand too
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)

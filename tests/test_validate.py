@@ -155,6 +155,67 @@ def test_tiny_report_has_every_section_small_figures_and_flags_an_untrained_mode
     assert "chflow validate --scale tiny" in text.split("## Reproduce")[1]
 
 
+def test_an_interrupted_report_resumes_and_reruns_only_what_is_missing(tmp_path, monkeypatch):
+    from napari_chflow.validation import Section
+    from napari_chflow.validation import report as report_module
+
+    calls, interrupt = [], [True]
+
+    def first(ctx):
+        calls.append("first")
+        return Section("a", "1. First", body="alpha body",
+                       checks=[Check("1. a", "delta", np.float32(3.5), "<= 3", 3.0)])
+
+    def second(ctx):
+        calls.append("second")
+        if interrupt[0]:
+            raise KeyboardInterrupt  # the user stops the run (or the machine goes away)
+        return Section("b", "2. Second", body="beta body")
+
+    monkeypatch.setattr(report_module, "EXPERIMENTS", (first, second))
+    torch.manual_seed(0)
+    model, cfg = CRNN(), preset("tiny", threads=1)
+    with pytest.raises(KeyboardInterrupt):
+        validate(model, cfg, out_dir=tmp_path, progress=False)
+    assert not (tmp_path / "validation.md").exists()
+    interrupt[0] = False
+    text = validate(model, replace(cfg, threads=2), out_dir=tmp_path, progress=False).read_text()
+    assert calls == ["first", "second", "second"]  # the finished experiment is not run again
+    assert "alpha body" in text and "beta body" in text
+    assert "1. a: delta" in text.split("## Where we fall short")[1]  # its check survives the file
+    assert "| resumed | an interrupted run of the same model and settings gave first" in text
+    assert not (tmp_path / report_module.PARTIAL_DIR).exists()
+    # a kept result is used only for the same weights and settings
+    interrupt[0] = True
+    with pytest.raises(KeyboardInterrupt):
+        validate(model, cfg, out_dir=tmp_path, progress=False)
+    interrupt[0] = False
+    calls.clear()
+    validate(model, replace(cfg, n_record=cfg.n_record + 1), out_dir=tmp_path, progress=False)
+    assert calls == ["first", "second"]  # the kept result was for other settings
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    interrupt[0] = True
+    with pytest.raises(KeyboardInterrupt):
+        validate(model, cfg, out_dir=tmp_path, progress=False)
+    calls.clear()
+    interrupt[0] = False
+    with torch.no_grad():
+        next(model.parameters()).sub_(0.01)
+    validate(model, cfg, out_dir=tmp_path, progress=False)
+    assert calls == ["first", "second"]  # the kept result was for other weights
+    # experiments spread over processes: --only keeps them, the plain run writes the report
+    calls.clear()
+    spread = tmp_path / "spread"
+    kept = validate(model, cfg, out_dir=spread, progress=False, only=["second"])
+    assert calls == ["second"] and kept == spread / report_module.PARTIAL_DIR
+    assert not (spread / "validation.md").exists()
+    assert "beta body" in validate(model, cfg, out_dir=spread, progress=False).read_text()
+    assert calls == ["second", "first"]
+    with pytest.raises(ValidationError, match="unknown experiment.*choose from first, second"):
+        validate(model, cfg, out_dir=tmp_path, progress=False, only=["third"])
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cli_validate_on_cuda_without_gpu_is_a_one_line_error(tmp_path, capsys):
     from napari_chflow.cli import main

@@ -1,11 +1,19 @@
 """The report: run the seven experiments (:data:`EXPERIMENTS`) and write ``validation.md`` with a
 header (date, command, hardware, model, training data and recipe), the summary of the checks,
-the shortfalls and one section per experiment."""
+the shortfalls and one section per experiment.
+
+An interrupted run resumes: each finished experiment is kept in ``OUT/.validation-partial/`` with
+a fingerprint of the weights, the model's options, the settings and the package version; a rerun
+with the same fingerprint takes it from there and runs only the rest. The folder is removed once
+the report is written."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,9 +28,9 @@ from .. import physics
 from ..io import atomic_write_text, portable_path
 from ..training import best_epoch_number
 from .bunny import bunny
-from .checks import num, shortfalls, table
+from .checks import Check, num, shortfalls, table
 from .coarsening import coarsening
-from .config import PRESETS, ValidationConfig
+from .config import PRESETS, ValidationConfig, ValidationError
 from .context import Context, Section
 from .domain_extrapolation import domain_extrapolation
 from .ensemble import ensemble
@@ -34,6 +42,43 @@ from .time_extrapolation import time_extrapolation
 EXPERIMENTS: tuple[Callable[[Context], Section], ...] = (
     time_extrapolation, domain_extrapolation, bunny, coarsening, ensemble, speed_memory,
     long_horizon)
+PARTIAL_DIR = ".validation-partial"  # finished experiments of an interrupted run, under out_dir
+
+
+def run_fingerprint(model, config: ValidationConfig) -> str:
+    """sha256 (hex) of what an experiment's result depends on: the weights, the model's options
+    (not its recipe), the settings other than the thread count, and the package version."""
+    from .. import __version__
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    options = {k: v for k, v in asdict(model.info).items() if k not in ("recipe", "data")}
+    settings = {k: v for k, v in asdict(config).items() if k != "threads"}
+    digest.update(json.dumps([options, settings, __version__], sort_keys=True,
+                             default=str).encode())
+    return digest.hexdigest()
+
+
+def _save_section(folder: Path, name: str, fingerprint: str, sec: Section, threads: int) -> None:
+    record = {"fingerprint": fingerprint, "threads": threads, "section": asdict(sec)}
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / f"{name}.json", json.dumps(record, default=float))
+
+
+def _load_section(folder: Path, name: str, fingerprint: str) -> tuple[Section, int] | None:
+    """The kept result of experiment ``name`` and its thread count, or None if there is none for
+    this fingerprint (or the file is unreadable: then the experiment runs again)."""
+    try:
+        record = json.loads((folder / f"{name}.json").read_text())
+        if record.get("fingerprint") != fingerprint:
+            return None
+        fields = dict(record["section"])
+        fields["checks"] = [Check(**c) for c in fields.get("checks", [])]
+        return Section(**fields), int(record["threads"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def environment(device=None) -> dict[str, str]:
@@ -123,11 +168,22 @@ def render_report(sections: Sequence[Section], header: dict[str, str], command: 
 
 
 def validate(model, config: ValidationConfig | None = None, out_dir: str | Path = "docs",
-             command: str | None = None, model_source: str = "", progress: bool = True) -> Path:
+             command: str | None = None, model_source: str = "", progress: bool = True,
+             only: Sequence[str] | None = None) -> Path:
     """Run the seven experiments with ``model`` and write ``out_dir/validation.md`` and its figures
     ``out_dir/validation/*.png``. Returns the report path. Paths in the report (model, bunny
     mesh) are recorded relative to the project, or as file name and sha256
-    (:func:`napari_chflow.io.portable_path`)."""
+    (:func:`napari_chflow.io.portable_path`).
+
+    ``only``: names of experiments (:data:`EXPERIMENTS`' function names) to run and keep in
+    ``out_dir/.validation-partial/`` without writing the report (returns that folder), so that
+    experiments can run in parallel processes; a later run without ``only`` writes the report
+    from them."""
+    names = [run.__name__ for run in EXPERIMENTS]
+    unknown = sorted(set(only or ()) - set(names))
+    if unknown:
+        raise ValidationError(f"unknown experiment(s) {', '.join(unknown)}; choose from "
+                              f"{', '.join(names)}")
     config = config or PRESETS["cpu"]
     physics.resolve_device(config.device)
     out = Path(out_dir)
@@ -159,17 +215,33 @@ def validate(model, config: ValidationConfig | None = None, out_dir: str | Path 
                                   f"{config.short_solver} for the short ones (2, 3)")
         override = "" if config.train_n_tau is None else " (preset override)"
         header["training length used"] = f"{ctx.train_n_tau} tau (box {ctx.size}^3){override}"
-        sections = []
-        start = time.perf_counter()
+        partial = out / PARTIAL_DIR
+        fingerprint = run_fingerprint(model, config)
+        sections, resumed = [], []
         for run in EXPERIMENTS:
-            t0 = time.perf_counter()
-            log(f"validate: {run.__name__} ...")
-            sec = run(ctx)
-            sec.seconds = time.perf_counter() - t0
-            log(f"validate: {run.__name__} done in {sec.seconds:.1f} s")
+            if only and run.__name__ not in only:
+                continue
+            kept = _load_section(partial, run.__name__, fingerprint)
+            if kept is not None:
+                sec, sec_threads = kept
+                resumed.append(f"{run.__name__} ({sec.seconds:.0f} s, {sec_threads} threads)")
+                log(f"validate: {run.__name__} kept from the interrupted run")
+            else:
+                t0 = time.perf_counter()
+                log(f"validate: {run.__name__} ...")
+                sec = run(ctx)
+                sec.seconds = time.perf_counter() - t0
+                log(f"validate: {run.__name__} done in {sec.seconds:.1f} s")
+                _save_section(partial, run.__name__, fingerprint, sec, torch.get_num_threads())
             sections.append(sec)
-        header["total run time"] = f"{time.perf_counter() - start:.0f} s"
+        if only:
+            return partial
+        header["total run time"] = f"{sum(s.seconds for s in sections):.0f} s"
+        if resumed:
+            header["resumed"] = ("an interrupted run of the same model and settings gave "
+                                 + ", ".join(resumed))
         path = atomic_write_text(out / "validation.md", render_report(sections, header, command))
+        shutil.rmtree(partial, ignore_errors=True)
     finally:
         torch.set_num_threads(threads)
     return path
