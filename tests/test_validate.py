@@ -183,7 +183,7 @@ def test_an_interrupted_report_resumes_and_reruns_only_what_is_missing(tmp_path,
     assert calls == ["first", "second", "second"]  # the finished experiment is not run again
     assert "alpha body" in text and "beta body" in text
     assert "1. a: delta" in text.split("## Where we fall short")[1]  # its check survives the file
-    assert "| resumed | an interrupted run of the same model and settings gave first" in text
+    assert "| resumed | earlier runs of the same model and settings (interrupted, or --only) gave first" in text
     assert not (tmp_path / report_module.PARTIAL_DIR).exists()
     # a kept result is used only for the same weights and settings
     interrupt[0] = True

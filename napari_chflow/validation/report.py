@@ -224,8 +224,9 @@ def validate(model, config: ValidationConfig | None = None, out_dir: str | Path 
             kept = _load_section(partial, run.__name__, fingerprint)
             if kept is not None:
                 sec, sec_threads = kept
-                resumed.append(f"{run.__name__} ({sec.seconds:.0f} s, {sec_threads} threads)")
-                log(f"validate: {run.__name__} kept from the interrupted run")
+                plural = "s" if sec_threads != 1 else ""
+                resumed.append(f"{run.__name__} ({sec.seconds:.0f} s, {sec_threads} thread{plural})")
+                log(f"validate: {run.__name__} kept from an earlier run")
             else:
                 t0 = time.perf_counter()
                 log(f"validate: {run.__name__} ...")
@@ -238,7 +239,8 @@ def validate(model, config: ValidationConfig | None = None, out_dir: str | Path 
             return partial
         header["total run time"] = f"{sum(s.seconds for s in sections):.0f} s"
         if resumed:
-            header["resumed"] = ("an interrupted run of the same model and settings gave "
+            header["resumed"] = ("earlier runs of the same model and settings (interrupted, or "
+                                 "--only) gave "
                                  + ", ".join(resumed))
         path = atomic_write_text(out / "validation.md", render_report(sections, header, command))
         shutil.rmtree(partial, ignore_errors=True)
