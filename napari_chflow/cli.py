@@ -349,8 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "rerun the same command and the experiments that finished "
                                    "(kept in OUTPUT/.validation-partial/) are not run again.")
     s.add_argument("--scale", choices=["tiny", "cpu", "full"], default="cpu",
-                   help="tiny: seconds (smoke test); cpu: 1-2.5 h on 2 cores (fast / default "
-                        "model); full: paper scale, GPU")
+                   help="tiny: seconds (smoke test); cpu: 1 h (fast model) to 3.5 h (default "
+                        "model) on 1 thread, about 2 h on 2 cores with --only; full: paper "
+                        "scale, GPU")
     s.add_argument("--model", default="default", help="shipped model name or checkpoint .pt")
     s.add_argument("--device", default=None, help="cpu or cuda (default: the preset's)")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads for everything")
