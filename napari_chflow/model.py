@@ -763,7 +763,7 @@ def _safe(obj, where: str):
                      "convert it to str, numbers, lists, dicts or torch tensors")
 
 
-def _digest(state: dict[str, torch.Tensor]) -> str:
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
     """sha256 over the names, dtypes, shapes and bytes of the weights."""
     h = hashlib.sha256()
     for name in sorted(state):
@@ -784,7 +784,7 @@ def checkpoint_payload(model: CRNN, *, recipe: dict, data: dict, extra: dict | N
             "flux_limit": info.flux_limit, "lattice_average": info.lattice_average,
             "relax_dt": info.relax_dt, "relax_limit": info.relax_limit,
             "recipe": _safe(dict(recipe), "recipe"), "data": _safe(dict(data), "data"),
-            "extra": _safe(dict(extra or {}), "extra"), "sha256": _digest(state),
+            "extra": _safe(dict(extra or {}), "extra"), "sha256": weights_sha256(state),
             "state_dict": state}
 
 
@@ -810,7 +810,7 @@ def model_from_payload(payload, source: str = "checkpoint") -> CRNN:
                    "re-save it with save_checkpoint")
     state = payload["state_dict"]
     if (not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values())
-            or _digest(state) != payload["sha256"]):
+            or weights_sha256(state) != payload["sha256"]):
         raise fail("weights fail the sha256 integrity check (corrupted or edited)",
                    "re-download or re-save it")
     problem = _header_problem(payload)

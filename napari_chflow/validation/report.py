@@ -26,6 +26,7 @@ import torch
 
 from .. import physics
 from ..io import atomic_write_text, portable_path
+from ..model import weights_sha256
 from ..training import best_epoch_number
 from .bunny import bunny
 from .checks import Check, num, shortfalls, table
@@ -50,15 +51,11 @@ def run_fingerprint(model, config: ValidationConfig) -> str:
     (not its recipe), the settings other than the thread count, and the package version."""
     from .. import __version__
 
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     options = {k: v for k, v in asdict(model.info).items() if k not in ("recipe", "data")}
     settings = {k: v for k, v in asdict(config).items() if k != "threads"}
-    digest.update(json.dumps([options, settings, __version__], sort_keys=True,
-                             default=str).encode())
-    return digest.hexdigest()
+    text = json.dumps([weights_sha256(model.state_dict()), options, settings, __version__],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _save_section(folder: Path, name: str, fingerprint: str, sec: Section, threads: int) -> None:
@@ -225,7 +222,8 @@ def validate(model, config: ValidationConfig | None = None, out_dir: str | Path 
             if kept is not None:
                 sec, sec_threads = kept
                 plural = "s" if sec_threads != 1 else ""
-                resumed.append(f"{run.__name__} ({sec.seconds:.0f} s, {sec_threads} thread{plural})")
+                resumed.append(f"{run.__name__} ({sec.seconds:.0f} s, "
+                               f"{sec_threads} thread{plural})")
                 log(f"validate: {run.__name__} kept from an earlier run")
             else:
                 t0 = time.perf_counter()
