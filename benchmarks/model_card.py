@@ -165,7 +165,10 @@ def _architecture(info) -> str:
                       f"no lattice pinning"
                       + (", its change applied as face fluxes (`model.gradient_faces`) limited "
                          f"to [{info.relax_bounds[0]:g}, {info.relax_bounds[1]:g}]"
-                         if info.relax_bounds is not None else ""))
+                         if info.relax_bounds is not None else "")
+                      + (f"; its time is taken out of the network's step (`relax_split`: the "
+                         f"flux field scaled by {info.network_share:g}), so that a step spans "
+                         f"tau = {info.tau:g}" if info.relax_split else ""))
     if extras:
         text += " Not in the paper: " + "; ".join(extras) + "."
     return text

@@ -144,7 +144,10 @@ class ModelInfo:
     ``relax_dt > 0`` (not in the paper; 0 = off) ends each step with a Cahn-Hilliard relaxation
     of that time (model time units) on the solvers' grid (:meth:`CRNN.relax`);
     ``relax_limit = r`` keeps the relaxation's change within ``[-r, 1 + r]`` (None: the flux
-    limiter's bounds, unbounded without one)."""
+    limiter's bounds, unbounded without one). ``relax_split`` (needs ``0 < relax_dt < tau``)
+    takes the relaxation's time out of the network's step (Lie splitting): the flux field is
+    scaled by ``1 - relax_dt / tau``, so that network and relaxation together span ``tau``;
+    without it a step spans about ``tau + relax_dt`` and the model runs ahead of the solver."""
 
     config: CRNNConfig
     tau: float = TAU
@@ -162,6 +165,13 @@ class ModelInfo:
     lattice_average: int = 1
     relax_dt: float = 0.0
     relax_limit: float | None = None
+    relax_split: bool = False
+
+    @property
+    def network_share(self) -> float:
+        """The factor on the network's flux field: ``1 - relax_dt / tau`` with ``relax_split``,
+        else 1."""
+        return 1.0 - self.relax_dt / self.tau if self.relax_split else 1.0
 
     @property
     def flux_bounds(self) -> tuple[float, float] | None:
@@ -406,16 +416,20 @@ class CRNN(nn.Module):
                  data: dict | None = None, version: str = __version__, coarse: str = "nearest",
                  guard_iters: int = 0, guard_dt: float | None = None,
                  flux_limit: float | None = None, lattice_average: int = 1,
-                 relax_dt: float = 0.0, relax_limit: float | None = None):
+                 relax_dt: float = 0.0, relax_limit: float | None = None,
+                 relax_split: bool = False):
         super().__init__()
         if int(downscale) != downscale or downscale < 1:
             raise ValueError(f"downscale must be a positive integer, got {downscale!r}")
         for problem in (option_problem(k, v) for k, v in (
                 ("coarse", coarse), ("guard_iters", guard_iters), ("flux_limit", flux_limit),
                 ("lattice_average", lattice_average), ("relax_dt", relax_dt),
-                ("relax_limit", relax_limit))):
+                ("relax_limit", relax_limit), ("relax_split", relax_split))):
             if problem:
                 raise ValueError(problem)
+        problem = split_problem(relax_split, relax_dt, tau)
+        if problem:
+            raise ValueError(problem)
         limit = explicit_dt_limit(eps, mobility, downscale)
         guard_dt = GUARD_DT_FRACTION * limit if guard_dt is None else float(guard_dt)
         if not 0 < guard_dt <= limit:
@@ -433,7 +447,8 @@ class CRNN(nn.Module):
                               coarse, int(guard_iters), guard_dt,
                               None if flux_limit is None else float(flux_limit),
                               int(lattice_average), float(relax_dt),
-                              None if relax_limit is None else float(relax_limit))
+                              None if relax_limit is None else float(relax_limit),
+                              bool(relax_split))
         self.extra: dict = {}
 
     @property
@@ -474,6 +489,8 @@ class CRNN(nn.Module):
             u, new = self._flux(x, hidden, autocast)
             u = sum(flux_from_image(part, image)
                     for part, image in zip(u.chunk(len(images)), images)) / len(images)
+        if self.info.relax_split:
+            u = u * self.info.network_share
         bounds = self.info.flux_bounds
         if bounds is None:
             phi_next = phi + self.divergence(u)
@@ -783,6 +800,7 @@ def checkpoint_payload(model: CRNN, *, recipe: dict, data: dict, extra: dict | N
             "coarse": info.coarse, "guard_iters": info.guard_iters, "guard_dt": info.guard_dt,
             "flux_limit": info.flux_limit, "lattice_average": info.lattice_average,
             "relax_dt": info.relax_dt, "relax_limit": info.relax_limit,
+            "relax_split": info.relax_split,
             "recipe": _safe(dict(recipe), "recipe"), "data": _safe(dict(data), "data"),
             "extra": _safe(dict(extra or {}), "extra"), "sha256": weights_sha256(state),
             "state_dict": state}
@@ -825,7 +843,8 @@ def model_from_payload(payload, source: str = "checkpoint") -> CRNN:
                   flux_limit=payload.get("flux_limit"),
                   lattice_average=payload.get("lattice_average", 1),
                   relax_dt=payload.get("relax_dt", 0.0),
-                  relax_limit=payload.get("relax_limit"))
+                  relax_limit=payload.get("relax_limit"),
+                  relax_split=payload.get("relax_split", False))
     try:
         config = CRNNConfig(**payload["config"])
         with torch.device("meta"):  # shapes only: nothing is allocated before they match
@@ -857,8 +876,8 @@ def _whole(value, lo: int, hi: int) -> bool:
 
 def option_problem(name: str, value) -> str | None:
     """What is wrong with the value of the model option ``name`` (``"coarse"``,
-    ``"guard_iters"``, ``"flux_limit"``, ``"lattice_average"``, ``"relax_dt"`` or
-    ``"relax_limit"``) as
+    ``"guard_iters"``, ``"flux_limit"``, ``"lattice_average"``, ``"relax_dt"``,
+    ``"relax_limit"`` or ``"relax_split"``) as
     ``"name = value: it must be ..."``, or None. The one place these bounds live: the model, its
     checkpoint header and the training recipe use it."""
     if name == "coarse":
@@ -875,9 +894,20 @@ def option_problem(name: str, value) -> str | None:
     elif name == "relax_dt":
         ok = _number(value) and 0 <= value <= RELAX_MAX
         need = f"a time from 0 (off) to {RELAX_MAX:g}"
+    elif name == "relax_split":
+        ok, need = isinstance(value, bool), "True or False"
     else:
         raise KeyError(f"not a model option: {name!r}")
     return None if ok else f"{name} = {value!r}: it must be {need}"
+
+
+def split_problem(relax_split: bool, relax_dt, tau) -> str | None:
+    """What is wrong with ``relax_split`` given the relaxation time and the step, or None: the
+    relaxation can take over only part of a step (``0 < relax_dt < tau``)."""
+    if relax_split is True and not (_number(relax_dt) and _number(tau) and 0 < relax_dt < tau):
+        return (f"relax_split needs a relaxation shorter than the step (0 < relax_dt < tau), "
+                f"got relax_dt = {relax_dt!r}, tau = {tau!r}")
+    return None
 
 
 def _header_problem(payload: dict) -> str | None:
@@ -890,10 +920,15 @@ def _header_problem(payload: dict) -> str | None:
     if not _whole(d, 1, 16):
         return f"downscale = {d!r} (it must be an integer from 1 to 16)"
     for name, default in (("flux_limit", None), ("guard_iters", 0), ("coarse", "nearest"),
-                          ("lattice_average", 1), ("relax_dt", 0.0), ("relax_limit", None)):
+                          ("lattice_average", 1), ("relax_dt", 0.0), ("relax_limit", None),
+                          ("relax_split", False)):
         problem = option_problem(name, payload.get(name, default))
         if problem:
             return problem
+    problem = split_problem(payload.get("relax_split", False), payload.get("relax_dt", 0.0),
+                            payload["tau"])
+    if problem:
+        return problem
     config = payload["config"]
     if not isinstance(config, dict):
         return f"an architecture of type {type(config).__name__} (it must be a dict)"

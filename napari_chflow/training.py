@@ -56,6 +56,7 @@ from .model import (
     load_checkpoint,
     option_problem,
     save_checkpoint,
+    split_problem,
 )
 from .physics import EPS, free_energy_parts, resolve_device
 from .plots import DRAW_LOCK
@@ -141,7 +142,9 @@ class TrainConfig:
     model, 1 = off; ``relax_dt``: the model's fine-grid relaxation after each step
     (:meth:`napari_chflow.model.CRNN.relax`, model time units), in training and in the saved
     model, 0 = off; ``relax_limit``: the margin that relaxation keeps phi within
-    (``[-r, 1 + r]``), None = the flux limiter's; ``stop_after``: end the run
+    (``[-r, 1 + r]``), None = the flux limiter's; ``relax_split``: the relaxation's time is
+    taken out of the network's step (``ModelInfo.relax_split``; needs ``0 < relax_dt < tau``),
+    in training and in the saved model; ``stop_after``: end the run
     after this many epochs in total while the lr schedule still spans ``epochs`` (a staged run
     continued later with ``resume``), None = run all ``epochs``."""
 
@@ -174,6 +177,7 @@ class TrainConfig:
     lattice_average: int = 1
     relax_dt: float = 0.0
     relax_limit: float | None = None
+    relax_split: bool = False
     stop_after: int | None = None
     model: CRNNConfig = CRNNConfig()
 
@@ -182,7 +186,8 @@ LR_SCHEDULES = ("constant", "cosine")
 LR_FINAL_FRACTION = 0.05
 MODEL_OPTION_FLAGS = {"coarse": "--coarse", "guard_iters": "--energy-guard",
                       "flux_limit": "--flux-limit", "lattice_average": "--lattice-average",
-                      "relax_dt": "--relax-dt", "relax_limit": "--relax-limit"}
+                      "relax_dt": "--relax-dt", "relax_limit": "--relax-limit",
+                      "relax_split": "--relax-split"}
 """The command-line flag of each model option of the recipe (:func:`model.option_problem`)."""
 
 RESUMABLE_FIELDS = ("epochs", "lr", "lr_schedule", "grad_clip", "device", "num_threads",
@@ -518,9 +523,12 @@ def _check_config(config: TrainConfig, stored: TrainConfig | None) -> None:
     _refuse(problems)
 
 
-def _check_data(config: TrainConfig, n_train: int, n_val: int, n_frames: int) -> None:
-    """Refuse a recipe that does not fit the loaded dataset."""
+def _check_data(config: TrainConfig, n_train: int, n_val: int, n_frames: int,
+                tau: float) -> None:
+    """Refuse a recipe that does not fit the loaded dataset (``tau``: the model's step)."""
+    split = split_problem(config.relax_split, config.relax_dt, tau)
     problems = [
+        (split is not None, f"{split} (--relax-split, --relax-dt)"),
         (config.window is not None and config.window > max(n_frames, 2),
          f"window={config.window}: use 2 <= window <= {n_frames}, the sequence length (--window)"),
         (n_train == 0 or n_val == 0, f"the dataset has {n_train} training and {n_val} validation "
@@ -709,7 +717,8 @@ def train(
         val_set = load_sequences(data.val, config.downscale, config.frames, config.coarse,
                                  config.stride)
         n_frames = train_set.shape[1] if train_set.ndim == 5 else 0
-        _check_data(config, len(train_set), len(val_set), n_frames)
+        _check_data(config, len(train_set), len(val_set), n_frames,
+                    data.config.tau * config.stride)
         if config.window and config.window < n_frames:  # validate on consecutive windows
             n_frames = config.window
             val_set = split_windows(val_set, n_frames)
@@ -722,7 +731,7 @@ def train(
         model = CRNN(config.model, downscale=config.downscale, coarse=config.coarse,
                      guard_iters=config.guard_iters, flux_limit=config.flux_limit,
                      lattice_average=config.lattice_average, relax_dt=config.relax_dt,
-                     relax_limit=config.relax_limit,
+                     relax_limit=config.relax_limit, relax_split=config.relax_split,
                      **physics).to(ranks.device)
         parent = _initial_weights(model, config.init) if state is None else state.get("parent")
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -869,6 +878,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="keep the fine-grid relaxation's change within [-R, 1 + R], applied as limited "
              "fluxes with mass exact (in training and in the saved model; default: the "
              "--flux-limit bounds)")
+    add("--relax-split", action="store_true", default=None,
+        help="take the fine-grid relaxation's time out of the network's step (its flux scaled "
+             "by 1 - H / tau), so that network and relaxation together span tau; without it a "
+             "step spans about tau + H and the model runs ahead of the solver (needs "
+             "0 < --relax-dt < tau; in training and in the saved model)")
     add("--grad-clip", type=float, help=f"max gradient norm, 0 = off (default {d.grad_clip})")
     add("--seed", type=int, help=f"seed of weights, data order, augmentation (default {d.seed})")
     add("--device", help="cpu (default) or cuda")

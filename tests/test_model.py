@@ -396,6 +396,10 @@ def test_checkpoint_refuses_foreign_and_broken_files(tmp_path):
     cases["edited.pt"] = "sha256"
     torch.save({**payload, "format_version": 99}, tmp_path / "future.pt")
     cases["future.pt"] = "upgrade"
+    torch.save({**payload, "relax_split": "yes"}, tmp_path / "split.pt")
+    cases["split.pt"] = "relax_split = 'yes'"
+    torch.save({**payload, "relax_split": True}, tmp_path / "split0.pt")  # no relaxation to split
+    cases["split0.pt"] = "relax_split needs a relaxation shorter than the step"
     torch.save({"format": "something-else"}, tmp_path / "other.pt")
     cases["other.pt"] = "not a napari-chflow"
     cases["missing.pt"] = "no such checkpoint"
@@ -579,6 +583,35 @@ def test_relax_with_a_flux_limit_keeps_phi_within_the_bounds_and_mass_exact():
     change = change - change.mean(dim=(-3, -2, -1), keepdim=True)
     update = sum(f - torch.roll(f, 1, d) for d, f in zip((-3, -2, -1), gradient_faces(change)))
     torch.testing.assert_close(update, change)
+
+
+def test_relax_split_takes_the_relaxations_time_out_of_the_networks_step(tmp_path):
+    """With ``relax_split`` the network advances ``tau - relax_dt`` and the relaxation
+    ``relax_dt``: the step is the relaxation of phi plus ``1 - relax_dt / tau`` times the
+    network's update (the same step as a network whose output layer is scaled by that share),
+    with mass exact; the option survives a checkpoint, and a relaxation that would take the
+    whole step (or none of it) is refused."""
+    torch.manual_seed(0)
+    split = CRNN(relax_dt=0.1, relax_split=True, lattice_average=4, flux_limit=0.05).double()
+    assert split.info.network_share == pytest.approx(0.8)
+    scaled = CRNN(relax_dt=0.1, lattice_average=4, flux_limit=0.05).double()
+    state = split.state_dict()
+    last = sorted(k for k in state if k.startswith("to_flux"))[-1]
+    scaled.load_state_dict({k: v * 0.8 if k == last else v for k, v in state.items()})
+    phi = torch.from_numpy(field((2, 16, 16, 16), seed=5)).double()
+    with torch.no_grad():
+        a, b = split.step(phi)[0], scaled.step(phi)[0]
+        plain = CRNN(relax_dt=0.1, lattice_average=4, flux_limit=0.05).double()
+        plain.load_state_dict(state)
+        c = plain.step(phi)[0]
+    torch.testing.assert_close(a, b)
+    assert float((a - c).abs().max()) > 1e-4  # the share matters
+    torch.testing.assert_close(a.sum(dim=(1, 2, 3)), phi.sum(dim=(1, 2, 3)))
+    save_checkpoint(tmp_path / "s.pt", split, recipe={}, data={})
+    assert load_checkpoint(tmp_path / "s.pt").info.relax_split is True
+    for kwargs in ({"relax_dt": 0.0}, {"relax_dt": 0.5}, {"relax_dt": 0.1, "relax_split": 1}):
+        with pytest.raises(ValueError, match="relax_split"):
+            CRNN(**{"relax_split": True, **kwargs})
 
 
 def test_relax_limit_sets_the_relaxations_own_bounds_and_survives_a_checkpoint(tmp_path):

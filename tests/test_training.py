@@ -374,11 +374,11 @@ def test_training_with_windows_energy_terms_and_guard(tiny_dataset, tmp_path):
                                  energy_weight=0.1, split_weight=0.1, descent_weight=1.0,
                                  bounds_weight=1.0, rest_weight=1.0, rest_steps=2,
                                  coarse="mean", guard_iters=5, lattice_average=4, relax_dt=0.05,
-                                 relax_limit=0.1)
+                                 relax_limit=0.1, relax_split=True)
     model = load_checkpoint(train(tiny_dataset, tmp_path, config, progress=False))
     info = model.info
     assert (info.coarse, info.guard_iters, info.lattice_average, info.relax_dt,
-            info.relax_limit) == ("mean", 5, 4, 0.05, 0.1)
+            info.relax_limit, info.relax_split) == ("mean", 5, 4, 0.05, 0.1, True)
     history = _history(tmp_path)
     assert all(h["full_length"] == 2 for h in history)  # windows of 3 frames
     assert np.isfinite([h["val_loss_full"] for h in history]).all()
@@ -388,7 +388,9 @@ def test_training_with_windows_energy_terms_and_guard(tiny_dataset, tmp_path):
                        ({"rest_steps": 0}, "--rest-steps"), ({"rest_weight": -1.0}, "--rest-weight"),
                        ({"lattice_average": 2}, "--lattice-average"),
                        ({"relax_dt": -0.5}, "--relax-dt"),
-                       ({"relax_limit": 1.5}, "--relax-limit")]:
+                       ({"relax_limit": 1.5}, "--relax-limit"),
+                       ({"relax_split": True, "relax_dt": 0.0}, "--relax-split"),
+                       ({"relax_split": True, "relax_dt": 0.5}, "shorter than the step")]:
         with pytest.raises(TrainingError, match=match):
             train(tiny_dataset, tmp_path / "bad", dataclasses.replace(config, **bad),
                   progress=False)
