@@ -38,7 +38,11 @@ More checks of the same table (``--checks long short rest early``):
 - ``signed``: on the ``--ics``, at t = 1, 10, 50, 100, 300: the signed F/V error on the model
   grid (as ``long``) and on the full grid (the CRNN's state Fourier-interpolated there, against
   the solver's own state), and the interface displacement from the solver on the full grid:
-  whether an F/V error is the representation of the interfaces or where they are.
+  whether an F/V error is the representation of the interfaces or where they are;
+- ``lag``: on the ``--short-seeds`` ICs, the CRNN's state after 10, 30, 50 and 100 steps
+  against the solver's after k - 12 ... k + 12 steps: the solver step it matches best (mean
+  interface displacement over the ICs). A model that runs ahead of the solver in time (or
+  behind) matches a later (earlier) solver state.
 """
 
 from __future__ import annotations
@@ -71,7 +75,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--checks", nargs="+", default=["long"], choices=("long", "short", "rest",
                                                                      "early", "time", "floor",
-                                                                     "settled", "signed"))
+                                                                     "settled", "signed",
+                                                                     "lag"))
     p.add_argument("--short-seeds", nargs="+", type=int, default=[911, 912, 913, 914])
     p.add_argument("--early-seed", type=int, default=903)
     p.add_argument("--time-ics", type=int, default=3)
@@ -110,6 +115,29 @@ def main(argv=None) -> None:
         _settled(model, args)
     if "signed" in args.checks:
         _signed(model, args)
+    if "lag" in args.checks:
+        _lag(model, args)
+
+
+LAG_STEPS, LAG_REACH = (10, 30, 50, 100), 12
+
+
+def _lag(model, args) -> None:
+    info = model.info
+    offsets = np.arange(-LAG_REACH, LAG_REACH + 1, 2)
+    delta = {k: [] for k in LAG_STEPS}
+    for seed in args.short_seeds:
+        phi0 = perlin((64,) * 3, mean=0.5, seed=seed)
+        gt = list(_spectral(phi0, max(LAG_STEPS) + LAG_REACH, info))
+        crnn = {k: upsample(x, info.downscale)
+                for k, x in enumerate(iter_rollout(model, phi0, max(LAG_STEPS))) if k in delta}
+        for k in LAG_STEPS:
+            delta[k].append([interface_displacement(crnn[k], gt[k + o]) for o in offsets])
+    for k in LAG_STEPS:
+        mean = np.mean(delta[k], axis=0)
+        best = int(offsets[np.argmin(mean)])
+        print(f"{args.checkpoint} lag after {k} steps: best-matching solver step {k + best} "
+              f"(delta {mean.min():.3f}; at step {k}: {mean[LAG_REACH // 2]:.3f})", flush=True)
 
 
 def _diagonal_slab(center: float, n: int = 32, eps: float = 3.0) -> np.ndarray:
