@@ -68,6 +68,24 @@ def test_fv_is_compared_on_the_model_grid_because_upsampling_inflates_it():
     assert staircase == pytest.approx(2 * fine, rel=0.05)  # nearest upsampling doubles |grad|^2
 
 
+def test_the_model_grid_floor_is_what_an_exact_coarse_model_scores():
+    """``delta_grid``: the solver's state sent to the model grid and back. A model that matches
+    the solver exactly on its grid scores that floor, no less; a curved interface between the
+    coarse nodes has a floor of a good part of a grid unit; a state that is already blockwise
+    constant on the model grid has none."""
+    from napari_chflow.seeds import sphere
+    from napari_chflow.validation import frame_metrics
+
+    info = CRNN(downscale=2).info
+    gt = sphere((32, 32, 32), radius=9.3, center=(16.4, 15.7, 16.2)).astype(np.float32)
+    exact = downsample(gt, 2)
+    metrics = frame_metrics(gt, exact, info, mass0=float(exact.sum()))
+    assert metrics["delta"] == pytest.approx(metrics["delta_grid"])
+    assert 0.3 < metrics["delta_grid"] < 1.0, metrics["delta_grid"]  # staircase of a sphere
+    blocky = upsample(exact, 2)
+    assert frame_metrics(blocky, exact, info, mass0=1.0)["delta_grid"] == pytest.approx(0, abs=1e-9)
+
+
 def test_record_frames_dense_start_log_tail_and_requested_times():
     f = record_frames(1000, n_log=20, dense=10, extra=[19, 190, 5000])
     assert list(f[:11]) == list(range(11))

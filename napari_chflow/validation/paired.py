@@ -13,8 +13,8 @@ from ..metrics import coarsening_exponent, interface_displacement, mass, rmse
 from ..model import RolloutDiverged, iter_rollout, to_model_grid, upsample
 from ..physics import free_energy_density
 
-METRIC_KEYS = ("rmse", "delta", "delta_frozen", "rmse_model", "delta_model", "fv_gt", "fv_gt_model", "fv_crnn",
-               "mass_drift", "overshoot_gt", "overshoot_crnn")
+METRIC_KEYS = ("rmse", "delta", "delta_frozen", "delta_grid", "rmse_model", "delta_model",
+               "fv_gt", "fv_gt_model", "fv_crnn", "mass_drift", "overshoot_gt", "overshoot_crnn")
 
 
 def record_frames(n_tau: int, n_log: int = 60, dense: int = 10,
@@ -47,12 +47,15 @@ def frame_metrics(gt: np.ndarray, crnn: np.ndarray, info, mass0: float,
     ``delta_model`` on the model grid (GT downsampled; δ in model-grid units), F/V of the GT on
     both grids and of the CRNN on its grid (spacing ``factor``), the CRNN's relative mass drift
     from ``mass0``, :func:`overshoot` of both, and ``delta_frozen``: δ of the no-change
-    predictor ``frozen`` (the upsampled model-grid IC), a baseline for ``delta``."""
+    predictor ``frozen`` (the upsampled model-grid IC), a baseline for ``delta``; and
+    ``delta_grid``: δ of the ground truth itself sent to the model grid and back, the floor of
+    ``delta`` for any model on that grid (a model that matched it there exactly would score it)."""
     factor, eps = info.downscale, info.eps
     up = upsample(crnn, factor)
     gt_c = to_model_grid(gt, info)
     return {"rmse": rmse(up, gt), "delta": _delta(up, gt),
             "delta_frozen": _delta(frozen, gt) if frozen is not None else float("nan"),
+            "delta_grid": _delta(upsample(gt_c, factor), gt),
             "rmse_model": rmse(crnn, gt_c), "delta_model": _delta(crnn, gt_c),
             "fv_gt": free_energy_density(gt, eps),
             "fv_gt_model": free_energy_density(gt_c, eps, factor),
