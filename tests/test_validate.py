@@ -234,6 +234,24 @@ def test_an_interrupted_report_resumes_and_reruns_only_what_is_missing(tmp_path,
         validate(model, cfg, out_dir=tmp_path, progress=False, only=["third"])
 
 
+def test_an_experiment_that_could_not_run_is_not_kept_for_the_next_run(tmp_path, bunny_path):
+    """The bunny section with a mesh path that does not exist (here: relative to another folder)
+    says so, and is not kept as finished: the same command with the mesh in place runs it."""
+    from napari_chflow.validation import report as report_module
+
+    torch.manual_seed(0)
+    model = CRNN()
+    cfg = replace(preset("tiny", threads=1), bunny_path=str(tmp_path / "bun_zipper_res3.ply"))
+    partial = validate(model, cfg, out_dir=tmp_path / "out", progress=False, only=["bunny"])
+    assert partial == tmp_path / "out" / report_module.PARTIAL_DIR
+    assert not (partial / "bunny.json").exists()
+    (tmp_path / "bun_zipper_res3.ply").write_bytes(bunny_path.read_bytes())
+    validate(model, cfg, out_dir=tmp_path / "out", progress=False, only=["bunny"])
+    kept = report_module._load_section(partial, "bunny", report_module.run_fingerprint(model, cfg))
+    assert kept is not None and kept[0].ran and "Not run" not in kept[0].body
+    assert any(c.quantity.startswith("δ at t=") for c in kept[0].checks)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cli_validate_on_cuda_without_gpu_is_a_one_line_error(tmp_path, capsys):
     from napari_chflow.cli import main

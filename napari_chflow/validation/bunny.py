@@ -28,6 +28,7 @@ def bunny(ctx: Context) -> Section:
         sec.body = (f"Not run: the bunny mesh could not be loaded ({type(e).__name__}: {reason}). "
                     "Pass `--bunny PATH/bun_zipper_res3.ply` or set CHFLOW_BUNNY_PATH.")
         sec.problems.append(f"3. bunny: not run ({type(e).__name__}: {reason})")
+        sec.ran = False
         return sec
     snaps = sorted({int(round(n_tau * x)) for x in (0, 0.1, 0.2, 0.5, 1.0)})
     frames = np.arange(n_tau + 1)  # every frame: the sequence MSE is the training loss

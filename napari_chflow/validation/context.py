@@ -16,7 +16,9 @@ from .heldout import TrainingSpec, heldout_ics
 @dataclass
 class Section:
     """One experiment's part of the report: markdown ``body``, its ``checks`` against the paper,
-    ``problems`` (sentences for the shortfall list that are not numeric checks), run time."""
+    ``problems`` (sentences for the shortfall list that are not numeric checks), run time;
+    ``ran = False`` for an experiment that could not run (a missing input): reported, but not
+    kept for a resumed run, so that the next run tries it again."""
 
     key: str
     title: str
@@ -24,6 +26,7 @@ class Section:
     checks: list[Check] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    ran: bool = True
 
 
 @dataclass(frozen=True)

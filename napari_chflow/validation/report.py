@@ -231,7 +231,9 @@ def validate(model, config: ValidationConfig | None = None, out_dir: str | Path 
                 sec = run(ctx)
                 sec.seconds = time.perf_counter() - t0
                 log(f"validate: {run.__name__} done in {sec.seconds:.1f} s")
-                _save_section(partial, run.__name__, fingerprint, sec, torch.get_num_threads())
+                if sec.ran:  # one that could not run (a missing input) is tried again
+                    _save_section(partial, run.__name__, fingerprint, sec,
+                                  torch.get_num_threads())
             sections.append(sec)
         if only:
             return partial
