@@ -169,6 +169,12 @@ def _architecture(info) -> str:
                       + (f"; its time is taken out of the network's step (`relax_split`: the "
                          f"flux field scaled by {info.network_share:g}), so that a step spans "
                          f"tau = {info.tau:g}" if info.relax_split else ""))
+    if info.early_steps:
+        extras.append(f"the first {info.early_steps} steps of a run ({info.early_steps * info.tau:g} "
+                      f"tau, the spinodal stage) take the network's whole flux field and "
+                      + (f"a relaxation of {info.early_relax_dt:g}" if info.early_relax_dt
+                         else "no relaxation")
+                      + " without the split (`early_steps`, `early_relax_dt`)")
     if extras:
         text += " Not in the paper: " + "; ".join(extras) + "."
     return text

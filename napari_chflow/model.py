@@ -70,6 +70,8 @@ included) runs in chunks: the passes then stay in cache (measured, 2 threads: 4 
 in one pass 1.06 s, in four 0.70 s; 4 of 32^3 in one pass 0.08 s)."""
 RELAX_MAX = 10.0
 """Longest fine-grid relaxation (model time units) a checkpoint may ask for."""
+EARLY_MAX = 1_000_000
+"""Most early steps (:attr:`ModelInfo.early_steps`) a checkpoint may ask for."""
 _SAME_AXES, _CYCLIC_AXES = ((0, 1, 2),), ((0, 1, 2), (1, 2, 0), (2, 0, 1))
 _NO_SHIFT, _BODY_CENTRE = (0.0, 0.0, 0.0), (0.5, 0.5, 0.5)
 _FACE_CENTRES = (_NO_SHIFT, (0.5, 0.5, 0.0), (0.5, 0.0, 0.5), (0.0, 0.5, 0.5))
@@ -147,7 +149,12 @@ class ModelInfo:
     limiter's bounds, unbounded without one). ``relax_split`` (needs ``0 < relax_dt < tau``)
     takes the relaxation's time out of the network's step (Lie splitting): the flux field is
     scaled by ``1 - relax_dt / tau``, so that network and relaxation together span ``tau``;
-    without it a step spans about ``tau + relax_dt`` and the model runs ahead of the solver."""
+    without it a step spans about ``tau + relax_dt`` and the model runs ahead of the solver.
+    ``early_steps = n`` (not in the paper; 0 = off) gives the first ``n`` steps of a run (counted
+    by the hidden state, :class:`RecurrentState`, from zero) a step of their own: the network's
+    whole flux field, then a relaxation of ``early_relax_dt`` (0: none), no split; later steps
+    use ``relax_dt`` and ``relax_split``. The split's scaled flux field lags the fast growth of
+    the spinodal stage, which the unscaled step follows (docs/training.md, rows 33 and 40)."""
 
     config: CRNNConfig
     tau: float = TAU
@@ -166,12 +173,26 @@ class ModelInfo:
     relax_dt: float = 0.0
     relax_limit: float | None = None
     relax_split: bool = False
+    early_steps: int = 0
+    early_relax_dt: float = 0.0
 
     @property
     def network_share(self) -> float:
         """The factor on the network's flux field: ``1 - relax_dt / tau`` with ``relax_split``,
-        else 1."""
+        else 1 (the share of the steps after ``early_steps``)."""
         return 1.0 - self.relax_dt / self.tau if self.relax_split else 1.0
+
+    @property
+    def relaxes(self) -> bool:
+        """Whether some step ends with the fine-grid relaxation."""
+        return self.relax_dt > 0 or (self.early_steps > 0 and self.early_relax_dt > 0)
+
+    def stage(self, steps_taken: int) -> tuple[float, float]:
+        """``(relaxation time, factor on the network's flux field)`` of the step after
+        ``steps_taken`` steps of a run: the early step's or the later one's."""
+        if steps_taken < self.early_steps:
+            return self.early_relax_dt, 1.0
+        return self.relax_dt, self.network_share
 
     @property
     def flux_bounds(self) -> tuple[float, float] | None:
@@ -182,6 +203,17 @@ class ModelInfo:
     def relax_bounds(self) -> tuple[float, float] | None:
         """``(lo, hi)`` that the fine-grid relaxation keeps phi within, or None (unbounded)."""
         return self.flux_bounds if self.relax_limit is None else _margin_bounds(self.relax_limit)
+
+
+class RecurrentState(list):
+    """The hidden state :meth:`CRNN.step` returns and takes: one channels-last tensor per
+    ConvGRU cell, plus ``steps``, how many steps the run has taken (the early steps of
+    :attr:`ModelInfo.early_steps` count from it). A plain list of tensors counts as past the
+    early steps."""
+
+    def __init__(self, tensors, steps: int = 0):
+        super().__init__(tensors)
+        self.steps = int(steps)
 
 
 def _margin_bounds(margin: float | None) -> tuple[float, float] | None:
@@ -417,17 +449,20 @@ class CRNN(nn.Module):
                  guard_iters: int = 0, guard_dt: float | None = None,
                  flux_limit: float | None = None, lattice_average: int = 1,
                  relax_dt: float = 0.0, relax_limit: float | None = None,
-                 relax_split: bool = False):
+                 relax_split: bool = False, early_steps: int = 0,
+                 early_relax_dt: float = 0.0):
         super().__init__()
         if int(downscale) != downscale or downscale < 1:
             raise ValueError(f"downscale must be a positive integer, got {downscale!r}")
         for problem in (option_problem(k, v) for k, v in (
                 ("coarse", coarse), ("guard_iters", guard_iters), ("flux_limit", flux_limit),
                 ("lattice_average", lattice_average), ("relax_dt", relax_dt),
-                ("relax_limit", relax_limit), ("relax_split", relax_split))):
+                ("relax_limit", relax_limit), ("relax_split", relax_split),
+                ("early_steps", early_steps), ("early_relax_dt", early_relax_dt))):
             if problem:
                 raise ValueError(problem)
-        problem = split_problem(relax_split, relax_dt, tau)
+        problem = (split_problem(relax_split, relax_dt, tau)
+                   or early_problem(early_steps, early_relax_dt))
         if problem:
             raise ValueError(problem)
         limit = explicit_dt_limit(eps, mobility, downscale)
@@ -448,7 +483,7 @@ class CRNN(nn.Module):
                               None if flux_limit is None else float(flux_limit),
                               int(lattice_average), float(relax_dt),
                               None if relax_limit is None else float(relax_limit),
-                              bool(relax_split))
+                              bool(relax_split), int(early_steps), float(early_relax_dt))
         self.extra: dict = {}
 
     @property
@@ -462,21 +497,25 @@ class CRNN(nn.Module):
             parts = [torch.roll(u[:, d], -1, d + 1) - torch.roll(u[:, d], 1, d + 1) for d in range(3)]
             return (parts[0] + parts[1] + parts[2]) * 0.5
 
-    def init_hidden(self, phi: torch.Tensor) -> list[torch.Tensor]:
+    def init_hidden(self, phi: torch.Tensor) -> RecurrentState:
         """Zero hidden state for ``phi`` ``(B, Z, Y, X)``: one channels-last ``(B k, Z, Y, X, H)``
-        per cell, ``k = lattice_average`` images of each sample."""
+        per cell, ``k = lattice_average`` images of each sample; no steps taken."""
         k = self.info.lattice_average
         shape = (phi.shape[0] * k, *phi.shape[1:], self.config.hidden)
-        return [phi.new_zeros(shape) for _ in self.cells]
+        return RecurrentState([phi.new_zeros(shape) for _ in self.cells])
 
     def step(self, phi: torch.Tensor, hidden: list[torch.Tensor] | None = None,
-             autocast: str | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+             autocast: str | None = None) -> tuple[torch.Tensor, RecurrentState]:
         """One step of ``tau``: ``phi`` ``(B, Z, Y, X)`` -> ``(phi_next, hidden)``.
 
-        ``hidden=None`` starts from zeros. ``autocast`` ('bf16' | 'fp16') runs the convolutions in
-        reduced precision; the divergence update stays in ``phi``'s dtype, so mass is conserved.
+        ``hidden=None`` starts a run from zeros; pass the returned :class:`RecurrentState` back
+        to go on (it counts the steps for :attr:`ModelInfo.early_steps`). ``autocast``
+        ('bf16' | 'fp16') runs the convolutions in reduced precision; the divergence update
+        stays in ``phi``'s dtype, so mass is conserved.
         """
         hidden = self.init_hidden(phi) if hidden is None else hidden
+        taken = getattr(hidden, "steps", self.info.early_steps)
+        relax_dt, share = self.info.stage(taken)
         images = LATTICE_IMAGES[self.info.lattice_average]
         if len(images) == 1:  # the paper's step
             u, new = self._flux(phi, hidden, autocast)
@@ -489,8 +528,8 @@ class CRNN(nn.Module):
             u, new = self._flux(x, hidden, autocast)
             u = sum(flux_from_image(part, image)
                     for part, image in zip(u.chunk(len(images)), images)) / len(images)
-        if self.info.relax_split:
-            u = u * self.info.network_share
+        if share != 1.0:
+            u = u * share
         bounds = self.info.flux_bounds
         if bounds is None:
             phi_next = phi + self.divergence(u)
@@ -498,9 +537,9 @@ class CRNN(nn.Module):
             phi_next = phi + limited_divergence(phi, u, *bounds)
         if self.info.guard_iters:
             phi_next = self.guard(phi, phi_next)
-        if self.info.relax_dt:
-            phi_next = self.relax(phi_next)
-        return phi_next, new
+        if relax_dt:
+            phi_next = self.relax(phi_next, relax_dt)
+        return phi_next, RecurrentState(new, taken + 1)
 
     def _flux(self, phi: torch.Tensor, hidden: list[torch.Tensor],
               autocast: str | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -542,10 +581,11 @@ class CRNN(nn.Module):
                 phi_next = torch.where(over[:, None, None, None], relaxed, phi_next)
         return phi_next
 
-    def relax(self, phi: torch.Tensor) -> torch.Tensor:
+    def relax(self, phi: torch.Tensor, relax_dt: float | None = None) -> torch.Tensor:
         """Fine-grid relaxation: ``phi`` ``(B, Z, Y, X)`` on the model grid, Fourier-interpolated
         to the solvers' grid (``downscale`` times finer, :func:`fourier_resample`), advanced by
-        one :func:`napari_chflow.physics.semi_implicit_step` of ``relax_dt`` and brought back
+        one :func:`napari_chflow.physics.semi_implicit_step` of ``relax_dt`` (model time units;
+        None: the model's ``relax_dt``) and brought back
         band-limited. With bounds (:attr:`ModelInfo.relax_bounds`: ``relax_limit``, else
         ``flux_limit``) the change is applied as the fluxes of :func:`gradient_faces`, limited
         like the network's (:func:`limited_faces`), so phi keeps within them. Computed in
@@ -555,7 +595,8 @@ class CRNN(nn.Module):
         fine = [n * info.downscale for n in phi.shape[-3:]]
         with torch.autocast(phi.device.type, enabled=False):
             x = phi.to(torch.float64)
-            relaxed = semi_implicit_step(fourier_resample(x, fine), info.relax_dt, info.eps,
+            dt = info.relax_dt if relax_dt is None else relax_dt
+            relaxed = semi_implicit_step(fourier_resample(x, fine), dt, info.eps,
                                          info.mobility)
             change = fourier_resample(relaxed, phi.shape[-3:]) - x
             change = change - change.mean(dim=(-3, -2, -1), keepdim=True)
@@ -595,7 +636,7 @@ class CRNN(nn.Module):
             phi = phi_in[:, t] if t < t_in else out[-1]
             if detach_every > 0 and t > 0 and t % detach_every == 0:
                 phi = phi.detach()
-                hidden = [h.detach() for h in hidden]
+                hidden = RecurrentState([h.detach() for h in hidden], hidden.steps)
             if input_noise:
                 noise = torch.randn_like(phi) * input_noise
                 phi = phi + (noise - noise.mean(dim=(-3, -2, -1), keepdim=True))
@@ -700,7 +741,7 @@ def iter_rollout(model: CRNN, phi0, n_tau: int, warmup=None, device=None, upsamp
     cfg = model.config
     dev = resolve_device(device) if device is not None else next(model.parameters()).device
     check_memory(rollout_bytes(phi0.shape, cfg.hidden, cfg.n_layers, f,
-                               model.info.lattice_average, model.info.relax_dt > 0),
+                               model.info.lattice_average, model.info.relaxes),
                  f"a CRNN rollout on a {'x'.join(map(str, phi0.shape))} grid", dev)
     if device is not None:
         model.to(dev)
@@ -800,7 +841,8 @@ def checkpoint_payload(model: CRNN, *, recipe: dict, data: dict, extra: dict | N
             "coarse": info.coarse, "guard_iters": info.guard_iters, "guard_dt": info.guard_dt,
             "flux_limit": info.flux_limit, "lattice_average": info.lattice_average,
             "relax_dt": info.relax_dt, "relax_limit": info.relax_limit,
-            "relax_split": info.relax_split,
+            "relax_split": info.relax_split, "early_steps": info.early_steps,
+            "early_relax_dt": info.early_relax_dt,
             "recipe": _safe(dict(recipe), "recipe"), "data": _safe(dict(data), "data"),
             "extra": _safe(dict(extra or {}), "extra"), "sha256": weights_sha256(state),
             "state_dict": state}
@@ -844,7 +886,9 @@ def model_from_payload(payload, source: str = "checkpoint") -> CRNN:
                   lattice_average=payload.get("lattice_average", 1),
                   relax_dt=payload.get("relax_dt", 0.0),
                   relax_limit=payload.get("relax_limit"),
-                  relax_split=payload.get("relax_split", False))
+                  relax_split=payload.get("relax_split", False),
+                  early_steps=payload.get("early_steps", 0),
+                  early_relax_dt=payload.get("early_relax_dt", 0.0))
     try:
         config = CRNNConfig(**payload["config"])
         with torch.device("meta"):  # shapes only: nothing is allocated before they match
@@ -877,7 +921,7 @@ def _whole(value, lo: int, hi: int) -> bool:
 def option_problem(name: str, value) -> str | None:
     """What is wrong with the value of the model option ``name`` (``"coarse"``,
     ``"guard_iters"``, ``"flux_limit"``, ``"lattice_average"``, ``"relax_dt"``,
-    ``"relax_limit"`` or ``"relax_split"``) as
+    ``"relax_limit"``, ``"relax_split"``, ``"early_steps"`` or ``"early_relax_dt"``) as
     ``"name = value: it must be ..."``, or None. The one place these bounds live: the model, its
     checkpoint header and the training recipe use it."""
     if name == "coarse":
@@ -891,11 +935,13 @@ def option_problem(name: str, value) -> str | None:
         ok = value is None or (_number(value) and 0 <= value <= 1)
         need = ("None (off) or a margin from 0 to 1 beyond [0, 1]" if name == "flux_limit" else
                 "None (the flux limit's) or a margin from 0 to 1 beyond [0, 1]")
-    elif name == "relax_dt":
+    elif name in ("relax_dt", "early_relax_dt"):
         ok = _number(value) and 0 <= value <= RELAX_MAX
         need = f"a time from 0 (off) to {RELAX_MAX:g}"
     elif name == "relax_split":
         ok, need = isinstance(value, bool), "True or False"
+    elif name == "early_steps":
+        ok, need = _whole(value, 0, EARLY_MAX), f"an integer from 0 (off) to {EARLY_MAX}"
     else:
         raise KeyError(f"not a model option: {name!r}")
     return None if ok else f"{name} = {value!r}: it must be {need}"
@@ -910,6 +956,15 @@ def split_problem(relax_split: bool, relax_dt, tau) -> str | None:
     return None
 
 
+def early_problem(early_steps, early_relax_dt) -> str | None:
+    """What is wrong with an early relaxation given the early steps, or None: without early
+    steps it would never act."""
+    if early_steps == 0 and _number(early_relax_dt) and early_relax_dt > 0:
+        return (f"early_relax_dt = {early_relax_dt!r} acts only in the early steps, but "
+                "early_steps = 0: set early_steps > 0 or early_relax_dt = 0")
+    return None
+
+
 def _header_problem(payload: dict) -> str | None:
     """What is wrong with a checkpoint's physics, grid factor and architecture, or None."""
     for name in ("tau", "eps", "mobility"):
@@ -921,12 +976,13 @@ def _header_problem(payload: dict) -> str | None:
         return f"downscale = {d!r} (it must be an integer from 1 to 16)"
     for name, default in (("flux_limit", None), ("guard_iters", 0), ("coarse", "nearest"),
                           ("lattice_average", 1), ("relax_dt", 0.0), ("relax_limit", None),
-                          ("relax_split", False)):
+                          ("relax_split", False), ("early_steps", 0), ("early_relax_dt", 0.0)):
         problem = option_problem(name, payload.get(name, default))
         if problem:
             return problem
-    problem = split_problem(payload.get("relax_split", False), payload.get("relax_dt", 0.0),
-                            payload["tau"])
+    problem = (split_problem(payload.get("relax_split", False), payload.get("relax_dt", 0.0),
+                             payload["tau"])
+               or early_problem(payload.get("early_steps", 0), payload.get("early_relax_dt", 0.0)))
     if problem:
         return problem
     config = payload["config"]

@@ -400,6 +400,10 @@ def test_checkpoint_refuses_foreign_and_broken_files(tmp_path):
     cases["split.pt"] = "relax_split = 'yes'"
     torch.save({**payload, "relax_split": True}, tmp_path / "split0.pt")  # no relaxation to split
     cases["split0.pt"] = "relax_split needs a relaxation shorter than the step"
+    torch.save({**payload, "early_steps": -3}, tmp_path / "early.pt")
+    cases["early.pt"] = "early_steps = -3"
+    torch.save({**payload, "early_relax_dt": 0.06}, tmp_path / "early0.pt")  # never acts
+    cases["early0.pt"] = "early_relax_dt = 0.06 acts only in the early steps"
     torch.save({"format": "something-else"}, tmp_path / "other.pt")
     cases["other.pt"] = "not a napari-chflow"
     cases["missing.pt"] = "no such checkpoint"
@@ -612,6 +616,56 @@ def test_relax_split_takes_the_relaxations_time_out_of_the_networks_step(tmp_pat
     for kwargs in ({"relax_dt": 0.0}, {"relax_dt": 0.5}, {"relax_dt": 0.1, "relax_split": 1}):
         with pytest.raises(ValueError, match="relax_split"):
             CRNN(**{"relax_split": True, **kwargs})
+
+
+def test_early_steps_give_the_start_of_a_run_the_whole_network_step(tmp_path):
+    """With ``early_steps = n`` the first n steps of a run are the unsplit step with the early
+    relaxation, the later ones the split step with ``relax_dt``, the hidden state carried
+    through (its step count survives truncated backpropagation); a plain list of hidden
+    tensors counts as past the early steps; mass stays exact; the options survive a
+    checkpoint, and bad values are refused."""
+    opts = dict(flux_limit=0.05, relax_limit=0.1)
+    staged = make_model(relax_dt=0.12, relax_split=True, early_steps=3, early_relax_dt=0.06,
+                        **opts).double()
+    early = CRNN(relax_dt=0.06, **opts).double()
+    late = CRNN(relax_dt=0.12, relax_split=True, **opts).double()
+    for m in (early, late):
+        m.load_state_dict(staged.state_dict())
+    phi0 = torch.from_numpy(0.5 + 0.1 * (field((2, 16, 16, 16), seed=7) - 0.5)).double()
+    with torch.no_grad():
+        got, want, only_late = [phi0], [phi0], [phi0]
+        h = hw = hl = None
+        for k in range(5):
+            phi, h = staged.step(got[-1], h)
+            got.append(phi)
+            phi, hw = (early if k < 3 else late).step(want[-1], hw)
+            want.append(phi)
+            phi, hl = late.step(only_late[-1], hl)
+            only_late.append(phi)
+        assert h.steps == 5
+        torch.testing.assert_close(torch.stack(got), torch.stack(want), rtol=0, atol=0)
+        assert float((got[1] - only_late[1]).abs().max()) > 1e-4  # the early step differs
+        torch.testing.assert_close(got[-1].sum(dim=(1, 2, 3)), phi0.sum(dim=(1, 2, 3)))
+        # forward with truncated backpropagation keeps counting: same frames as the loop
+        seq = staged(phi0[:, None], n_steps=5, detach_every=2)
+        torch.testing.assert_close(seq, torch.stack(got[1:], 1), rtol=0, atol=0)
+        # a plain list of hidden tensors has no count: the later step
+        fresh = staged.init_hidden(phi0)
+        a = staged.step(phi0, list(fresh))[0]
+        torch.testing.assert_close(a, late.step(phi0, list(fresh))[0], rtol=0, atol=0)
+    save_checkpoint(tmp_path / "e.pt", staged, recipe={}, data={})
+    loaded = load_checkpoint(tmp_path / "e.pt").double()
+    assert (loaded.info.early_steps, loaded.info.early_relax_dt) == (3, 0.06)
+    assert loaded.info.stage(2) == (0.06, 1.0)
+    assert loaded.info.stage(3) == (0.12, pytest.approx(0.76))
+    frames = rollout(loaded.float(), upsample(phi0[0].numpy().astype(np.float32), 2), 5)
+    np.testing.assert_allclose(frames[-1], got[-1][0].numpy(), atol=1e-5)
+    for kwargs, problem in (({"early_steps": -1}, "early_steps = -1"),
+                            ({"early_steps": 2.5}, "early_steps = 2.5"),
+                            ({"early_steps": 2, "early_relax_dt": -0.1}, "early_relax_dt = -0.1"),
+                            ({"early_relax_dt": 0.06}, "early_steps = 0")):
+        with pytest.raises(ValueError, match=problem):
+            CRNN(**kwargs)
 
 
 def test_relax_limit_sets_the_relaxations_own_bounds_and_survives_a_checkpoint(tmp_path):
