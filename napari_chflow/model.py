@@ -72,6 +72,11 @@ RELAX_MAX = 10.0
 """Longest fine-grid relaxation (model time units) a checkpoint may ask for."""
 EARLY_MAX = 1_000_000
 """Most early steps (:attr:`ModelInfo.early_steps`) a checkpoint may ask for."""
+MODEL_OPTIONS = (("coarse", "nearest"), ("guard_iters", 0), ("flux_limit", None),
+                 ("lattice_average", 1), ("relax_dt", 0.0), ("relax_limit", None),
+                 ("relax_split", False), ("early_steps", 0), ("early_relax_dt", 0.0))
+"""The model options (checked by :func:`option_problem`) with the value a checkpoint that
+lacks them gets (older checkpoints: off)."""
 _SAME_AXES, _CYCLIC_AXES = ((0, 1, 2),), ((0, 1, 2), (1, 2, 0), (2, 0, 1))
 _NO_SHIFT, _BODY_CENTRE = (0.0, 0.0, 0.0), (0.5, 0.5, 0.5)
 _FACE_CENTRES = (_NO_SHIFT, (0.5, 0.5, 0.0), (0.5, 0.0, 0.5), (0.0, 0.5, 0.5))
@@ -838,11 +843,7 @@ def checkpoint_payload(model: CRNN, *, recipe: dict, data: dict, extra: dict | N
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__,
             "config": asdict(info.config), "tau": info.tau, "eps": info.eps,
             "mobility": info.mobility, "downscale": info.downscale, "param_count": info.param_count,
-            "coarse": info.coarse, "guard_iters": info.guard_iters, "guard_dt": info.guard_dt,
-            "flux_limit": info.flux_limit, "lattice_average": info.lattice_average,
-            "relax_dt": info.relax_dt, "relax_limit": info.relax_limit,
-            "relax_split": info.relax_split, "early_steps": info.early_steps,
-            "early_relax_dt": info.early_relax_dt,
+            "guard_dt": info.guard_dt, **{name: getattr(info, name) for name, _ in MODEL_OPTIONS},
             "recipe": _safe(dict(recipe), "recipe"), "data": _safe(dict(data), "data"),
             "extra": _safe(dict(extra or {}), "extra"), "sha256": weights_sha256(state),
             "state_dict": state}
@@ -880,15 +881,8 @@ def model_from_payload(payload, source: str = "checkpoint") -> CRNN:
                f"(v{payload['version']}) or retrain")
     kwargs = dict(tau=payload["tau"], eps=payload["eps"], mobility=payload["mobility"],
                   downscale=payload["downscale"], recipe=payload["recipe"], data=payload["data"],
-                  version=payload["version"], coarse=payload.get("coarse", "nearest"),
-                  guard_iters=payload.get("guard_iters", 0), guard_dt=payload.get("guard_dt"),
-                  flux_limit=payload.get("flux_limit"),
-                  lattice_average=payload.get("lattice_average", 1),
-                  relax_dt=payload.get("relax_dt", 0.0),
-                  relax_limit=payload.get("relax_limit"),
-                  relax_split=payload.get("relax_split", False),
-                  early_steps=payload.get("early_steps", 0),
-                  early_relax_dt=payload.get("early_relax_dt", 0.0))
+                  version=payload["version"], guard_dt=payload.get("guard_dt"),
+                  **{name: payload.get(name, default) for name, default in MODEL_OPTIONS})
     try:
         config = CRNNConfig(**payload["config"])
         with torch.device("meta"):  # shapes only: nothing is allocated before they match
@@ -974,9 +968,7 @@ def _header_problem(payload: dict) -> str | None:
     d = payload["downscale"]
     if not _whole(d, 1, 16):
         return f"downscale = {d!r} (it must be an integer from 1 to 16)"
-    for name, default in (("flux_limit", None), ("guard_iters", 0), ("coarse", "nearest"),
-                          ("lattice_average", 1), ("relax_dt", 0.0), ("relax_limit", None),
-                          ("relax_split", False), ("early_steps", 0), ("early_relax_dt", 0.0)):
+    for name, default in MODEL_OPTIONS:
         problem = option_problem(name, payload.get(name, default))
         if problem:
             return problem
