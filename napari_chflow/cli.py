@@ -74,10 +74,9 @@ def _cmd_seed(args) -> None:
 
 
 def _read_ic(path: str) -> tuple[np.ndarray, dict]:
-    from .io import open_sequence
+    from .io import read_initial_condition
 
-    seq = open_sequence(path)
-    return seq.frame(-1), dict(seq.attrs)
+    return read_initial_condition(path)
 
 
 # --------------------------------------------------------------------------- simulate / rollout
@@ -256,8 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help=debug_help)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def out(sp, default=None):
-        sp.add_argument("-o", "--output", required=default is None, default=default, help="output path")
+    def out(sp, what="sequence folder (a zarr store), e.g. run.zarr"):
+        sp.add_argument("-o", "--output", required=True, help=f"output {what}")
         sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     s = sub.add_parser("seed", help="make an initial condition (a 1-frame zarr sequence)")
@@ -274,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_seed)
 
     s = sub.add_parser("simulate", help="evolve an initial condition with a physics solver")
-    s.add_argument("ic", help="initial-condition zarr (its last frame is used)")
+    s.add_argument("ic", help="initial condition: a sequence .zarr (its last frame is used) "
+                   "or a (Z, Y, X) .npy")
     s.add_argument("--n-tau", type=int, default=50, help="number of tau intervals to simulate")
     s.add_argument("--solver", choices=["explicit", "spectral"], default="explicit")
     s.add_argument("--tau", type=float, default=0.5)
@@ -319,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (("rollout", "evolve an initial condition with the CRNN"),
                            ("compare", "solver vs CRNN from one IC: both sequences + metrics PNG/CSV")):
         s = sub.add_parser(name, help=helptext)
-        s.add_argument("ic", help="initial-condition zarr")
+        s.add_argument("ic", help="initial condition: a sequence .zarr (its last frame is "
+                       "used) or a (Z, Y, X) .npy")
         s.add_argument("--n-tau", type=int, default=50)
         s.add_argument("--model", default="default", help="shipped model name or checkpoint .pt")
         s.add_argument("--device", default=None)
@@ -327,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--upsample", action="store_true", help="return frames on the input grid")
         else:
             s.add_argument("--solver", choices=["explicit", "spectral"], default="spectral")
-        out(s)
+        out(s, "sequence folder (a zarr store), e.g. crnn.zarr" if name == "rollout" else
+            "folder for both sequences, compare.png and traces.csv")
         s.set_defaults(func=_cmd_rollout if name == "rollout" else _cmd_compare)
 
     s = sub.add_parser("bench", help="speed table: seconds per tau, ratios to the explicit solver")

@@ -291,9 +291,21 @@ def _update_attrs(arr, attrs: dict[str, Any]) -> None:
         arr.attrs.update(attrs)
 
 
+FILE_SUFFIXES = (".npy", ".npz", ".tif", ".tiff", ".h5", ".hdf5", ".nc", ".mat", ".vti", ".vtk",
+                 ".raw", ".png", ".csv", ".txt", ".json")
+"""Names of single files, which a sequence store (a folder) must not take: ``out.npy`` written as
+a zarr folder would be mistaken for a NumPy file by everything that reads it later."""
+
+
 def _check_free(path: Path, overwrite: bool) -> None:
-    """Raise if ``path`` exists (unless ``overwrite``); ``overwrite`` replaces only a chflow
-    sequence store (or an empty folder), never a file, another folder or someone else's zarr."""
+    """Raise if ``path`` is named like a single file (:data:`FILE_SUFFIXES`) or exists (unless
+    ``overwrite``); ``overwrite`` replaces only a chflow sequence store (or an empty folder), never
+    a file, another folder or someone else's zarr."""
+    if path.suffix.lower() in FILE_SUFFIXES:
+        raise SequenceFormatError(
+            f"{path}: a chflow sequence is a folder (a zarr store), not a {path.suffix} file; "
+            f"name the output like {path.with_suffix('.zarr').name}"
+        )
     if not (path.exists() or path.is_symlink()):
         return
     if not overwrite:
@@ -653,6 +665,32 @@ def _check_complete(path: Path, arr, attrs: dict) -> None:
             f"{path} is missing the chunk files of {which} (of {t}): the store was truncated or "
             f"partly deleted; regenerate it with overwrite=True (CLI: --overwrite), {salvage}"
         )
+
+
+def read_initial_condition(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+    """The initial condition in ``path``: the last frame of a sequence store, or the array of a
+    ``.npy`` file holding one ``(Z, Y, X)`` volume of finite numbers. Returns ``(phi, attrs)``,
+    phi ``(Z, Y, X)`` float32 (attrs: the store's, or ``{}`` for a ``.npy``)."""
+    path = Path(path)
+    if path.suffix.lower() != ".npy" or path.is_dir():
+        seq = open_sequence(path)
+        return seq.frame(-1), dict(seq.attrs)
+    if not path.exists():
+        raise SequenceFormatError(f"{path} does not exist: check the path")
+    try:
+        phi = np.load(path, allow_pickle=False)
+    except ValueError as err:
+        raise SequenceFormatError(
+            f"{path} is not a plain NumPy array ({err}): save phi with numpy.save") from None
+    if phi.ndim != 3 or min(phi.shape) < 1 or not np.issubdtype(phi.dtype, np.number):
+        raise SequenceFormatError(
+            f"{path} holds an array of shape {phi.shape} and dtype {phi.dtype}: an initial "
+            "condition is one (Z, Y, X) volume of numbers")
+    phi = phi.astype(np.float32)
+    if not np.isfinite(phi).all():
+        raise SequenceFormatError(f"{path} holds NaN or infinite values: an initial condition "
+                                  "must be finite everywhere")
+    return phi, {}
 
 
 def read_sequence(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:

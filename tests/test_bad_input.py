@@ -62,6 +62,7 @@ def files(tmp_path_factory, tiny_dataset_factory):
         f[name] = write_sequence(root / f"{name}.zarr", phi[None])
         damage(f[name] / "0.0.0.0")  # edited: decodes fine, to other values
     f["existing"] = write_sequence(root / "existing.zarr", phi[None])
+    np.save(root / "flat.npy", phi[0])  # one 2D slice, not a volume
 
     model = CRNN(CRNNConfig(hidden=2, n_layers=1))
     f["model"] = save_checkpoint(root / "tiny.pt", model, recipe={}, data={})
@@ -109,6 +110,9 @@ CASES = [
     ("seed-mesh-without-path", "seed mesh -o {out}", "--path", "{out}"),
     ("seed-mesh-missing", "seed mesh --path {root}/none.ply -o {out}", "does not exist", "{out}"),
     ("seed-overwrite-a-file", "seed slab --size 8 -o {file} --overwrite", "refusing", None),
+    ("seed-output-named-like-a-file", "seed slab --size 8 -o {root}/phi.npy", "not a .npy file",
+     "{root}/phi.npy"),
+    ("rollout-ic-npy-not-3d", "rollout {root}/flat.npy -o {out}", "one (Z, Y, X) volume", "{out}"),
     ("seed-existing-output", "seed slab --size 8 -o {existing}", "overwrite", None),
     ("seed-not-a-number", "seed perlin --size abc -o {out}", "invalid int", "{out}"),
     ("seed-bad-mean", "seed perlin --size 8 --mean 1.5 -o {out}", "mean", "{out}"),
@@ -172,7 +176,7 @@ CASES = [
                          ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing_valid(files, tmp_path, capsys, argv,
                                                                 phrase, output):
-    notes = tmp_path / "notes.txt"
+    notes = tmp_path / "notes"
     notes.write_text("precious")
     names = {k: str(v) for k, v in files.items()} | {"out": str(tmp_path / "out.zarr"),
                                                       "file": str(notes)}

@@ -37,6 +37,7 @@ def test_seed_bunny_from_local_copy(tmp_path, bunny_path):
         (["seed", "mesh", "--path", "{tmp}/none.ply", "-o", "{tmp}/m.zarr"], "does not exist"),
         (["seed", "perlin", "--size", "2", "-o", "{tmp}/p.zarr"], "too small"),
         (["dataset", "--n-seq", "2", "--shard", "3", "-o", "{tmp}/d"], "shard"),
+        (["rollout", "{ic}", "-o", "{tmp}/r.npy"], "r.npy: a chflow sequence is a folder"),
         (["rollout", "{ic}", "--model", "nosuch", "-o", "{tmp}/r.zarr"],
          "--model nosuch: no such bundled model or file; use one of default, fast or a checkpoint"),
     ],
@@ -58,3 +59,15 @@ def test_existing_output_is_not_overwritten(tmp_path, capsys):
     assert main(["seed", "perlin", "--size", "8", "-o", str(ic)]) == 2
     assert "overwrite" in capsys.readouterr().err
     np.testing.assert_array_equal(read_sequence(ic)[0], before)
+
+
+def test_simulate_from_a_npy_initial_condition(tmp_path):
+    phi0 = np.random.default_rng(3).uniform(0.4, 0.6, (16, 16, 16))
+    np.save(tmp_path / "ic.npy", phi0)
+    run = tmp_path / "run.zarr"
+    assert main(["simulate", str(tmp_path / "ic.npy"), "--n-tau", "2", "--solver", "spectral",
+                 "-o", str(run)]) == 0
+    frames, attrs = read_sequence(run)
+    np.testing.assert_array_equal(frames, simulate(phi0.astype(np.float32), 2, solver="spectral"))
+    assert frames.shape == (3, 16, 16, 16) and attrs["source"].endswith("ic.npy")
+    assert not (tmp_path / "run.npy").exists()

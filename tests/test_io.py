@@ -21,6 +21,7 @@ from napari_chflow.io import (
     atomic_write_bytes,
     is_sequence_store,
     open_sequence,
+    read_initial_condition,
     read_sequence,
     write_sequence,
 )
@@ -157,6 +158,40 @@ def test_foreign_and_missing_paths_give_clear_errors(tmp_path):
         assert str(path) in str(err.value) and why in str(err.value), name
         assert isinstance(err.value, ValueError)
         assert not is_sequence_store(path), name
+
+
+def test_a_store_named_like_a_file_is_refused_and_nothing_is_written(tmp_path, frames):
+    for name in ("out.npy", "out.TIF", "run.h5"):
+        path = tmp_path / name
+        with pytest.raises(SequenceFormatError, match=r"is a folder .*name the output like"):
+            write_sequence(path, frames)
+        with pytest.raises(SequenceFormatError, match=r"\.zarr"):
+            SequenceWriter(path, frames.shape[1:])
+        assert not path.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_initial_condition_from_npy_or_store(tmp_path, frames):
+    write_sequence(tmp_path / "run.zarr", frames, ATTRS)
+    phi, attrs = read_initial_condition(tmp_path / "run.zarr")
+    np.testing.assert_array_equal(phi, frames[-1].astype(np.float32))
+    assert attrs["solver"] == "explicit"
+    np.save(tmp_path / "ic.npy", frames[0])
+    phi, attrs = read_initial_condition(tmp_path / "ic.npy")
+    assert phi.dtype == np.float32 and attrs == {}
+    np.testing.assert_array_equal(phi, frames[0].astype(np.float32))
+    bad = {"flat.npy": (np.zeros((8, 8)), "one \\(Z, Y, X\\) volume"),
+           "nan.npy": (np.full((4, 4, 4), np.nan), "NaN"),
+           "text.npy": (np.array([["a"] * 2] * 2 * 2).reshape(2, 2, 2), "of numbers")}
+    for name, (array, why) in bad.items():
+        np.save(tmp_path / name, array)
+        with pytest.raises(SequenceFormatError, match=why):
+            read_initial_condition(tmp_path / name)
+    np.save(tmp_path / "obj.npy", np.array([{}, 1], dtype=object), allow_pickle=True)
+    with pytest.raises(SequenceFormatError, match="numpy.save"):
+        read_initial_condition(tmp_path / "obj.npy")
+    with pytest.raises(SequenceFormatError, match="does not exist"):
+        read_initial_condition(tmp_path / "missing.npy")
 
 
 def test_newer_format_and_wrong_array_shape_are_refused(tmp_path, frames):
