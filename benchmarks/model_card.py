@@ -205,11 +205,12 @@ def card(model, acc: dict, stab: dict, still: dict, speed_table: str, dataset_cm
          train_cmd: str, long: list[dict] | None = None, long_n_tau: int = 1000) -> str:
     info = model.info
     rec = info.recipe
+    threads = torch.get_num_threads()
     lines = [
         "# Shipped CRNN: `default`",
         "",
         f"Measured {datetime.date.today()} with napari-chflow {__version__}, torch {torch.__version__}, "
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}, {threads} thread{'s' if threads != 1 else ''}, "
         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}. "
         "Regenerate: `python benchmarks/model_card.py resources/default.pt --out resources/default.md`.",
         "",

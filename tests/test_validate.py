@@ -247,7 +247,8 @@ def test_an_experiment_that_could_not_run_is_not_kept_for_the_next_run(tmp_path,
     assert not (partial / "bunny.json").exists()
     (tmp_path / "bun_zipper_res3.ply").write_bytes(bunny_path.read_bytes())
     validate(model, cfg, out_dir=tmp_path / "out", progress=False, only=["bunny"])
-    kept = report_module._load_section(partial, "bunny", report_module.run_fingerprint(model, cfg))
+    kept = report_module._load_section(partial, "bunny",
+                                       report_module.run_fingerprint(model, cfg, "bunny"))
     assert kept is not None and kept[0].ran and "Not run" not in kept[0].body
     assert any(c.quantity.startswith("δ at t=") for c in kept[0].checks)
 
@@ -263,3 +264,25 @@ def test_cli_validate_on_cuda_without_gpu_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "cuda" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "docs" / "validation.md").exists()
+
+
+def test_the_bunny_enters_only_its_experiments_fingerprint_by_content(tmp_path, bunny_path,
+                                                                      monkeypatch):
+    """A resumed report may name the mesh by another path: nothing finished is run again; a
+    different mesh reruns only the bunny experiment."""
+    from napari_chflow.validation.report import run_fingerprint
+
+    model = CRNN()
+    (tmp_path / "a").mkdir()
+    copy = tmp_path / "a" / "bun.ply"
+    copy.write_bytes(bunny_path.read_bytes())
+    monkeypatch.chdir(tmp_path / "a")
+    by_name, by_path, none = (replace(preset("tiny"), bunny_path=p)
+                              for p in ("bun.ply", str(copy), None))
+    for name in ("bunny", "coarsening"):
+        assert run_fingerprint(model, by_name, name) == run_fingerprint(model, by_path, name)
+    assert run_fingerprint(model, by_name, "coarsening") == run_fingerprint(model, none, "coarsening")
+    before = {n: run_fingerprint(model, by_name, n) for n in ("bunny", "coarsening")}
+    copy.write_bytes(bunny_path.read_bytes() + b"\n")  # another mesh under the same name
+    assert run_fingerprint(model, by_name, "bunny") != before["bunny"]
+    assert run_fingerprint(model, by_name, "coarsening") == before["coarsening"]

@@ -3,9 +3,9 @@ header (date, command, hardware, model, training data and recipe), the summary o
 the shortfalls and one section per experiment.
 
 An interrupted run resumes: each finished experiment is kept in ``OUT/.validation-partial/`` with
-a fingerprint of the weights, the model's options, the settings and the package version; a rerun
-with the same fingerprint takes it from there and runs only the rest. The folder is removed once
-the report is written."""
+a fingerprint of the weights, the model's options, the settings and the package version
+(:func:`run_fingerprint`); a rerun with the same fingerprint takes it from there and runs only the
+rest. The folder is removed once the report is written."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .. import physics
-from ..io import atomic_write_text, portable_path
+from ..io import atomic_write_text, file_sha256, portable_path
 from ..model import weights_sha256
 from ..training import best_epoch_number
 from .bunny import bunny
@@ -46,13 +46,20 @@ EXPERIMENTS: tuple[Callable[[Context], Section], ...] = (
 PARTIAL_DIR = ".validation-partial"  # finished experiments of an interrupted run, under out_dir
 
 
-def run_fingerprint(model, config: ValidationConfig) -> str:
-    """sha256 (hex) of what an experiment's result depends on: the weights, the model's options
-    (not its recipe), the settings other than the thread count, and the package version."""
+def run_fingerprint(model, config: ValidationConfig, experiment: str = "") -> str:
+    """sha256 (hex) of what the result of ``experiment`` (an :data:`EXPERIMENTS` name) depends on:
+    the weights, the model's options (not its recipe), the settings other than the thread count,
+    and the package version. The bunny mesh enters only the ``bunny`` experiment's, by its
+    content: the same file named by another path (relative to another folder, or absolute)
+    keeps what was finished, and no other experiment is run again for it."""
     from .. import __version__
 
     options = {k: v for k, v in asdict(model.info).items() if k not in ("recipe", "data")}
-    settings = {k: v for k, v in asdict(config).items() if k != "threads"}
+    settings = {k: v for k, v in asdict(config).items() if k not in ("threads", "bunny_path")}
+    if experiment == "bunny":
+        mesh = Path(config.bunny_path).expanduser() if config.bunny_path else None
+        settings["bunny"] = (file_sha256(mesh) if mesh is not None and mesh.is_file() else
+                             str(mesh.resolve()) if mesh is not None else None)
     text = json.dumps([weights_sha256(model.state_dict()), options, settings, __version__],
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -213,11 +220,11 @@ def validate(model, config: ValidationConfig | None = None, out_dir: str | Path 
         override = "" if config.train_n_tau is None else " (preset override)"
         header["training length used"] = f"{ctx.train_n_tau} tau (box {ctx.size}^3){override}"
         partial = out / PARTIAL_DIR
-        fingerprint = run_fingerprint(model, config)
         sections, resumed = [], []
         for run in EXPERIMENTS:
             if only and run.__name__ not in only:
                 continue
+            fingerprint = run_fingerprint(model, config, run.__name__)
             kept = _load_section(partial, run.__name__, fingerprint)
             if kept is not None:
                 sec, sec_threads = kept
