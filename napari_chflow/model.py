@@ -29,7 +29,7 @@ import importlib.resources
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -75,8 +75,9 @@ EARLY_MAX = 1_000_000
 MODEL_OPTIONS = (("coarse", "nearest"), ("guard_iters", 0), ("flux_limit", None),
                  ("lattice_average", 1), ("relax_dt", 0.0), ("relax_limit", None),
                  ("relax_split", False), ("early_steps", 0), ("early_relax_dt", 0.0))
-"""The model options (checked by :func:`option_problem`) with the value a checkpoint that
-lacks them gets (older checkpoints: off)."""
+"""The model options (each checked by :func:`option_problem`, all together by
+:func:`options_problem`) with the value a checkpoint that lacks them gets (older checkpoints:
+off)."""
 _SAME_AXES, _CYCLIC_AXES = ((0, 1, 2),), ((0, 1, 2), (1, 2, 0), (2, 0, 1))
 _NO_SHIFT, _BODY_CENTRE = (0.0, 0.0, 0.0), (0.5, 0.5, 0.5)
 _FACE_CENTRES = (_NO_SHIFT, (0.5, 0.5, 0.0), (0.5, 0.0, 0.5), (0.0, 0.5, 0.5))
@@ -459,15 +460,10 @@ class CRNN(nn.Module):
         super().__init__()
         if int(downscale) != downscale or downscale < 1:
             raise ValueError(f"downscale must be a positive integer, got {downscale!r}")
-        for problem in (option_problem(k, v) for k, v in (
-                ("coarse", coarse), ("guard_iters", guard_iters), ("flux_limit", flux_limit),
-                ("lattice_average", lattice_average), ("relax_dt", relax_dt),
-                ("relax_limit", relax_limit), ("relax_split", relax_split),
-                ("early_steps", early_steps), ("early_relax_dt", early_relax_dt))):
-            if problem:
-                raise ValueError(problem)
-        problem = (split_problem(relax_split, relax_dt, tau)
-                   or early_problem(early_steps, early_relax_dt))
+        problem = options_problem(dict(
+            coarse=coarse, guard_iters=guard_iters, flux_limit=flux_limit,
+            lattice_average=lattice_average, relax_dt=relax_dt, relax_limit=relax_limit,
+            relax_split=relax_split, early_steps=early_steps, early_relax_dt=early_relax_dt), tau)
         if problem:
             raise ValueError(problem)
         limit = explicit_dt_limit(eps, mobility, downscale)
@@ -959,6 +955,20 @@ def early_problem(early_steps, early_relax_dt) -> str | None:
     return None
 
 
+def options_problem(options: Mapping[str, object], tau) -> str | None:
+    """What is wrong with a model's options (``options``: a mapping holding some of
+    :data:`MODEL_OPTIONS`; a missing one takes its default) for a step of ``tau``, or None: each
+    option by :func:`option_problem`, then the ones that must agree (:func:`split_problem`,
+    :func:`early_problem`). The one check of :class:`CRNN` and of a checkpoint's header."""
+    values = {name: options.get(name, default) for name, default in MODEL_OPTIONS}
+    for name, value in values.items():
+        problem = option_problem(name, value)
+        if problem:
+            return problem
+    return (split_problem(values["relax_split"], values["relax_dt"], tau)
+            or early_problem(values["early_steps"], values["early_relax_dt"]))
+
+
 def _header_problem(payload: dict) -> str | None:
     """What is wrong with a checkpoint's physics, grid factor and architecture, or None."""
     for name in ("tau", "eps", "mobility"):
@@ -968,13 +978,7 @@ def _header_problem(payload: dict) -> str | None:
     d = payload["downscale"]
     if not _whole(d, 1, 16):
         return f"downscale = {d!r} (it must be an integer from 1 to 16)"
-    for name, default in MODEL_OPTIONS:
-        problem = option_problem(name, payload.get(name, default))
-        if problem:
-            return problem
-    problem = (split_problem(payload.get("relax_split", False), payload.get("relax_dt", 0.0),
-                             payload["tau"])
-               or early_problem(payload.get("early_steps", 0), payload.get("early_relax_dt", 0.0)))
+    problem = options_problem(payload, payload["tau"])
     if problem:
         return problem
     config = payload["config"]
