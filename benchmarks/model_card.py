@@ -138,13 +138,18 @@ def _lineage(recipe: dict) -> list[str]:
     return lines + [""]
 
 
+_MAPPING = {"nearest": "nearest sampling, as in the paper",
+            "mean": "the mean of each block of full-grid voxels; the paper samples one voxel per block"}
+"""How the full grid maps to the model grid, by ``ModelInfo.coarse``, in the card's words."""
+
+
 def _architecture(info) -> str:
     """The architecture paragraph: the paper's CRNN, plus what this model adds to it."""
     text = (f"The paper's CRNN: {info.config.n_layers} ConvGRU blocks, {info.config.hidden} hidden "
             f"channels, {info.config.kernel}^3 kernels, deep mapping={info.config.deep_mapping}, "
             f"divergence output layer; {info.param_count} trainable parameters (paper: ~2.9e4). "
             f"tau = {info.tau}, eps = {info.eps}, runs on the x1/{info.downscale} grid "
-            f"({info.coarse} {'sampling, as in the paper' if info.coarse == 'nearest' else 'of each block'}).")
+            f"({_MAPPING[info.coarse]}).")
     extras = []
     if info.flux_limit is not None:
         extras.append(f"a flux limiter in the divergence layer (Zalesak's flux-corrected "
@@ -244,8 +249,9 @@ def card(model, acc: dict, stab: dict, still: dict, speed_table: str, dataset_cm
     lines += [
         "",
         "The floor column is the displacement of the solver's own state sent to the model grid "
-        "(nearest sampling) and back (nearest upsampling): what any model on that grid scores "
-        "if it matches the solver there exactly.",
+        f"as the model maps its input ({_MAPPING[model.info.coarse]}) and back (nearest "
+        "upsampling, as the CRNN columns): what any model on that grid scores if it matches the "
+        "solver there exactly.",
         "",
         f"Paper: interface displacement stays below one interface width (eps = 3 grid units). "
         f"Max relative F/V error over 1 <= t <= {max(CHECK_TAU)} tau (both on the model grid, voxel "

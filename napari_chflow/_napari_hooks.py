@@ -81,11 +81,20 @@ def read_sequence_layers(path) -> list[tuple[Any, dict, str]]:
     attrs = dict(seq.attrs)
     tau = float(attrs.get("tau") or 0.5)
     spacing = float(attrs.get("downscale") or 1)
+    origin = 0.0  # where voxel 0 sits on the full grid: a CRNN's block means are centred
+    if attrs.get("coarse") is not None:
+        from .model import model_grid_origin
+
+        try:
+            origin = model_grid_origin(spacing, attrs["coarse"])
+        except ValueError as err:
+            raise io.SequenceFormatError(f"{path}: attribute 'coarse': {err}") from None
     name = path.name.removesuffix(".zarr")
     display = attrs.pop("display", None) or {}
     kwargs = {
         "name": name,
         "scale": (tau, spacing, spacing, spacing),
+        "translate": (0.0, origin, origin, origin),
         "axis_labels": ("t", "z", "y", "x"),
         "metadata": {"chflow": attrs, "source": str(path)},
         **LAYER_STYLE,

@@ -149,6 +149,8 @@ def _cmd_rollout(args) -> None:
     meta = {"tau": info.tau, "eps": info.eps, "mobility": info.mobility, "dt": None,
             "solver": f"crnn:{args.model}", "downscale": 1 if args.upsample else info.downscale,
             "seed": attrs.get("seed"), "source": str(args.ic)}
+    if not args.upsample:  # how the frames' grid maps to the IC's (model.model_grid_origin)
+        meta["coarse"] = info.coarse
     _stream(frames, args.n_tau, args.output, meta, args.overwrite, "CRNN")
     print(f"wrote {args.output}")
 

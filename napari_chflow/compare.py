@@ -72,9 +72,10 @@ def compare(phi0: np.ndarray, model, n_tau: int, out_dir, solver: str = "spectra
     out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be usable
     meta = {"tau": info.tau, "eps": info.eps, "mobility": info.mobility, "seed": seed_attrs}
     gt, nn = [], []
-    coarse = tuple(n // f for n in phi0.shape)
+    model_shape = tuple(n // f for n in phi0.shape)
     with SequenceWriter(out / "solver.zarr", phi0.shape, attrs={**meta, "solver": solver}, overwrite=overwrite) as w_gt, \
-         SequenceWriter(out / "crnn.zarr", coarse, attrs={**meta, "solver": "crnn", "downscale": f},
+         SequenceWriter(out / "crnn.zarr", model_shape, attrs={**meta, "solver": "crnn", "downscale": f,
+                                                                   "coarse": info.coarse},
                         overwrite=overwrite) as w_nn:
         for a, b in tqdm(zip(gt_frames, nn_frames), total=n_tau + 1, disable=not progress, desc="solver + CRNN"):
             w_gt.append(a)

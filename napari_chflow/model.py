@@ -680,6 +680,16 @@ def to_model_grid(phi, info: ModelInfo):
     return downsample(phi, info.downscale, info.coarse)
 
 
+def model_grid_origin(downscale: int, coarse: str = "nearest") -> float:
+    """Where voxel ``(0, 0, 0)`` of the model grid sits on the full grid, in full-grid units along
+    each of z, y, x (voxel ``i`` at ``downscale * i + origin``): 0 for nearest sampling (it is
+    full-grid voxel 0), ``(downscale - 1) / 2`` for block means (the centre of block 0). A viewer
+    that overlays the two grids translates the model grid by it."""
+    if coarse not in COARSE_MODES:
+        raise ValueError(f"unknown coarse grid mapping {coarse!r}: use one of {', '.join(COARSE_MODES)}")
+    return (int(downscale) - 1) / 2 if coarse == "mean" else 0.0
+
+
 def upsample(frames, factor: int):
     """Nearest upscale of the last three axes: each voxel repeated ``factor`` times per axis,
     ``out[..., i, j, k] = frames[..., i // f, j // f, k // f]``; inverse of :func:`downsample`

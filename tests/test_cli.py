@@ -71,3 +71,26 @@ def test_simulate_from_a_npy_initial_condition(tmp_path):
     np.testing.assert_array_equal(frames, simulate(phi0.astype(np.float32), 2, solver="spectral"))
     assert frames.shape == (3, 16, 16, 16) and attrs["source"].endswith("ic.npy")
     assert not (tmp_path / "run.npy").exists()
+
+
+def test_rollout_of_a_block_mean_model_opens_where_its_blocks_are(tmp_path):
+    """`chflow rollout` records the model's grid mapping; napari then centres the frames on
+    their blocks (half a grid unit in), and with --upsample on the IC's own grid."""
+    import torch
+
+    from napari_chflow import _napari_hooks as hooks
+    from napari_chflow.model import CRNN, CRNNConfig, load_checkpoint, rollout, save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "mean.pt", CRNN(CRNNConfig(hidden=2, n_layers=1),
+                                                      coarse="mean"), recipe={}, data={})
+    phi0 = np.random.default_rng(4).uniform(0.3, 0.7, (16, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "ic.npy", phi0)
+    for name, extra, origin in (("r.zarr", [], 0.5), ("up.zarr", ["--upsample"], 0.0)):
+        assert main(["rollout", str(tmp_path / "ic.npy"), "--model", str(ckpt), "--n-tau", "1",
+                     *extra, "-o", str(tmp_path / name)]) == 0
+        [(_, kwargs, _)] = hooks.read_sequence_layers(str(tmp_path / name))
+        assert kwargs["translate"] == (0.0, origin, origin, origin)
+    frames, attrs = read_sequence(tmp_path / "r.zarr")
+    assert (attrs["coarse"], attrs["downscale"]) == ("mean", 2)
+    np.testing.assert_allclose(frames, rollout(load_checkpoint(ckpt), phi0, 1), atol=1e-6)

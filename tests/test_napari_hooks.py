@@ -99,6 +99,20 @@ def test_downscaled_store_opens_with_spatial_scale(tmp_path, perlin16):
     path = io.write_sequence(tmp_path / "crnn.zarr", coarse, attrs={"tau": 0.5, "downscale": 2})
     [(_, kwargs, _)] = hooks.read_sequence_layers(str(path))
     assert kwargs["scale"] == (0.5, 2.0, 2.0, 2.0)  # same physical size as the 16^3 solver grid
+    assert kwargs["translate"] == (0.0, 0.0, 0.0, 0.0)  # nearest samples: voxel 0 is voxel 0
+
+
+def test_a_block_mean_store_opens_centred_on_its_blocks(tmp_path, perlin16):
+    """Block means stand for the centre of each 2^3 block: the layer sits half a grid unit in,
+    so its isosurface overlays the solver's where they agree; a foreign mapping is refused."""
+    coarse = perlin16.reshape(8, 2, 8, 2, 8, 2).mean(axis=(1, 3, 5))[None]
+    attrs = {"tau": 0.5, "downscale": 2, "coarse": "mean"}
+    path = io.write_sequence(tmp_path / "crnn.zarr", coarse, attrs=attrs)
+    [(_, kwargs, _)] = hooks.read_sequence_layers(str(path))
+    assert kwargs["translate"] == (0.0, 0.5, 0.5, 0.5)
+    bad = io.write_sequence(tmp_path / "bad.zarr", coarse, attrs={**attrs, "coarse": "cubic"})
+    with pytest.raises(io.SequenceFormatError, match="'coarse'"):
+        hooks.read_sequence_layers(str(bad))
 
 
 def test_writer_round_trip_keeps_frames_tau_and_metadata(tmp_path, store):

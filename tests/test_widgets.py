@@ -281,6 +281,32 @@ def test_evolve_streams_solver_and_crnn_side_by_side(make_napari_viewer, qtbot, 
     assert evolve.status_label.value == "done: 4 frames"
 
 
+def test_a_block_mean_model_starts_from_its_own_mapping_of_the_seed(make_napari_viewer, qtbot,
+                                                                    perlin16, tmp_path):
+    """A model on block means (the shipped ``default``) shows, from frame 0 on, the states its
+    rollout computes (the seed's block means, not its nearest samples), each voxel at the centre
+    of its block."""
+    from napari_chflow.model import downsample
+
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path / "mean.pt", CRNN(CRNNConfig(hidden=2, n_layers=1),
+                                                      coarse="mean"), recipe={}, data={})
+    viewer = make_napari_viewer()
+    evolve, _ = _evolve(viewer, perlin16, path, n_tau=2, traces=False)
+    _run(qtbot, evolve)
+    crnn = np.asarray(evolve.layers["crnn"].data)
+    np.testing.assert_allclose(crnn, rollout(load_checkpoint(path), perlin16, 2), atol=1e-6)
+    np.testing.assert_allclose(crnn[0], downsample(perlin16, 2, "mean"), atol=1e-6)
+    assert np.abs(crnn[0] - downsample(perlin16, 2)).max() > 0.01  # the two mappings differ
+    # each block mean stands for its block's centre: the layer sits half a grid unit in
+    solver, layer = evolve.layers["solver"], evolve.layers["crnn"]
+    assert layer.translate[1] - solver.translate[1] == 0.5  # z: no side-by-side offset
+    assert layer.metadata["chflow"]["coarse"] == "mean"
+    evolve.layout_choice.value = "grid"
+    evolve.apply_layout()
+    assert tuple(layer.translate[1:]) == (0.5, 0.5, 0.5)
+
+
 def _visible_world_box(viewer) -> tuple[np.ndarray, np.ndarray]:
     """(min, max) corner of the displayed (z, y, x) world extent of the visible layers."""
     boxes = [layer.extent.world[:, -3:] for layer in viewer.layers if layer.visible]

@@ -127,7 +127,8 @@ class PreparedRun:
 
     ``buffers``: ``{"solver": (T, Z, Y, X), "crnn": (T, Z/d, Y/d, X/d), "diff": (T, Z, Y, X)}``
     float32, frame 0 filled with the seed (``np.zeros`` maps memory lazily: only computed frames
-    take RAM); ``tau``, ``eps``: the model's physics; ``downscale``: its grid factor ``d``.
+    take RAM); ``tau``, ``eps``: the model's physics; ``downscale``: its grid factor ``d``;
+    ``coarse``: how the seed maps to its grid (``ModelInfo.coarse``).
     """
 
     model: object
@@ -135,26 +136,28 @@ class PreparedRun:
     tau: float
     eps: float
     downscale: int
+    coarse: str = "nearest"
 
 
 def prepare_run(phi0: np.ndarray, n_tau: int, model=DEFAULT_MODEL, device: str | None = None
                 ) -> PreparedRun:
     """Load ``model`` (see :func:`load_model`), check that ``phi0``'s grid suits it
     (:class:`SeedGridError`) and allocate ``n_tau + 1`` frames for each buffer."""
-    from napari_chflow.model import downsample, upsample
+    from napari_chflow.model import to_model_grid, upsample
 
     if isinstance(model, str):
         model = load_model(model, device)
     f = int(model.info.downscale)
     if any(n % f for n in phi0.shape):
         raise SeedGridError(phi0.shape, f)
-    crnn0 = downsample(phi0, f)
+    crnn0 = to_model_grid(phi0, model.info)  # as the rollout maps it
     first = {"solver": phi0, "crnn": crnn0, "diff": np.abs(upsample(crnn0, f) - phi0)}
     buffers = {}
     for key, volume in first.items():
         buffers[key] = np.zeros((n_tau + 1, *volume.shape), np.float32)
         buffers[key][0] = volume
-    return PreparedRun(model, buffers, float(model.info.tau), float(model.info.eps), f)
+    return PreparedRun(model, buffers, float(model.info.tau), float(model.info.eps), f,
+                       model.info.coarse)
 
 
 @dataclass

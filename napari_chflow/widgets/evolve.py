@@ -255,7 +255,7 @@ class EvolveWidget(QWidget):
         """The CRNN is loaded and the buffers exist: make the layers and show them."""
         self.buffers = prepared.buffers
         self.status, self.n_frames, self._followed, self._rows_sent = "running", 0, 0, 0
-        self._create_layers(prepared.tau, prepared.downscale)
+        self._create_layers(prepared.tau, prepared.downscale, prepared.coarse)
         self.status_label.value = f"computing {plural(self._seed['n_tau'], 'tau')} ..."
         self.hub.run_started.emit({"n_tau": self._seed["n_tau"], "seed": self._seed["name"],
                                    "solver": self._seed["solver"]})
@@ -352,10 +352,12 @@ class EvolveWidget(QWidget):
                      if any(layer in self.viewer.layers for layer in run["layers"].values())]
         return self.runs
 
-    def _create_layers(self, tau: float, f: int) -> None:
+    def _create_layers(self, tau: float, f: int, coarse: str = "nearest") -> None:
         """Solver and CRNN layers on the buffers, iso surfaces side by side, in 3D; the seed is
         hidden; the previous run replaced (its layers reused: cheaper than new ones) or kept
         beside (the "new run" choice); camera fitted."""
+        from napari_chflow.model import model_grid_origin  # loaded with the model by now
+
         s = self._seed
         runs = self._live_runs()
         reuse = {}
@@ -371,12 +373,13 @@ class EvolveWidget(QWidget):
             s["layer"].visible = False
         if self.viewer.dims.ndisplay != 3:  # before the layers: they are made in 3D at once
             self.viewer.dims.ndisplay = 3
-        self._specs = self._layer_specs(tau, f)
+        self._specs = self._layer_specs(tau, f, coarse)
         specs = dict(self._specs)
         if not (self.difference.value or "diff" in reuse):
             del specs["diff"]  # made when the box is ticked
         self.layers = {}
-        run = {"layers": self.layers, "row": row, "size": self.buffers["solver"].shape[-2:]}
+        run = {"layers": self.layers, "row": row, "size": self.buffers["solver"].shape[-2:],
+               "origin": model_grid_origin(f, coarse)}
         for key, spec in specs.items():
             layer = reuse.pop(key, None)
             if layer is None:  # made where it belongs (apply_layout moves the reused ones)
@@ -396,7 +399,7 @@ class EvolveWidget(QWidget):
         self.viewer.dims.set_current_step(0, 0)
         self.apply_layout(fit=True)
 
-    def _layer_specs(self, tau: float, f: int) -> dict[str, dict]:
+    def _layer_specs(self, tau: float, f: int, coarse: str = "nearest") -> dict[str, dict]:
         """Name, scale, colormap and metadata of the solver, CRNN and difference layers."""
         s = self._seed
         meta = {"tau": tau, "solver": s["solver"], "model": s["model"], "device": s["device"],
@@ -405,7 +408,7 @@ class EvolveWidget(QWidget):
             "solver": {"name": f"{s['name']} solver ({s['solver']})", "scale": (tau, 1, 1, 1),
                        "colormap": "bop blue", "metadata": {"chflow": {**meta, "downscale": 1}}},
             "crnn": {"name": f"{s['name']} CRNN", "scale": (tau, f, f, f),
-                     "colormap": "bop orange", "metadata": {"chflow": {**meta, "downscale": f}}},
+                     "colormap": "bop orange", "metadata": {"chflow": {**meta, "downscale": f, "coarse": coarse}}},
             "diff": {"name": f"{s['name']} |CRNN - solver|", "scale": (tau, 1, 1, 1),
                      "colormap": "inferno",
                      "metadata": {"chflow": {"tau": tau, "difference": True}}}}
@@ -446,11 +449,13 @@ class EvolveWidget(QWidget):
     def _position(self, run: dict, key: str) -> tuple[float, float, float, float]:
         """Offset (t, z, y, x) in grid units of a run's layer: side by side, the solver, CRNN and
         difference in a row along x, runs in rows along y; grid: none (napari's grid places
-        one layer per cell)."""
+        one layer per cell). The CRNN's adds where its grid's voxel 0 sits on the seed's
+        (``model_grid_origin``: half a grid unit for block means, at downscale 2)."""
+        o = run.get("origin", 0.0) if key == "crnn" else 0.0
         if self.layout_choice.value == "grid":
-            return (0.0, 0.0, 0.0, 0.0)
+            return (0.0, o, o, o)
         (height, width), slot = run["size"], ("solver", "crnn", "diff").index(key)
-        return (0.0, 0.0, run["row"] * height * (1 + GAP), slot * width * (1 + GAP))
+        return (0.0, o, o + run["row"] * height * (1 + GAP), o + slot * width * (1 + GAP))
 
     def fit_camera(self) -> None:
         """Fit the visible layers into the canvas, seen from a slight tilt (3D view)."""
