@@ -726,10 +726,12 @@ def test_lattice_average_keeps_a_slab_at_rest_where_the_plain_crnn_pins_it(tmp_p
     from napari_chflow.metrics import interface_displacement
     from napari_chflow.seeds import slab
 
-    # the shipped weights alone: no guard (its coarse relaxation pins interfaces too), no average
+    # the shipped weights alone: no guard (its coarse relaxation pins interfaces too), no average,
+    # nearest sampling (the slab's interfaces on nodes of the model grid)
     plain, averaged = load_pretrained(), load_pretrained()
     plain.info = dataclasses.replace(plain.info, guard_iters=0, lattice_average=1, relax_dt=0.0,
-                                     relax_split=False)
+                                     relax_split=False, early_steps=0, early_relax_dt=0.0,
+                                     coarse="nearest")
     averaged.info = dataclasses.replace(plain.info, lattice_average=4)
     save_checkpoint(tmp_path / "avg.pt", averaged, recipe={}, data={})
     model = load_checkpoint(tmp_path / "avg.pt")
