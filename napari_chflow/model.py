@@ -649,6 +649,12 @@ class CRNN(nn.Module):
 # --------------------------------------------------------------------------- grid mapping
 
 
+def _check_coarse(mode: str) -> None:
+    """Refuse a full grid -> model grid mapping that is not one of :data:`COARSE_MODES`."""
+    if mode not in COARSE_MODES:
+        raise ValueError(f"unknown coarse grid mapping {mode!r}: use one of {', '.join(COARSE_MODES)}")
+
+
 def downsample(phi, factor: int, mode: str = "nearest"):
     """Downscale the last three axes by ``factor``: ``mode="nearest"`` keeps voxel 0 and every
     f-th one (exactly ``phi[..., ::f, ::f, ::f]``, the paper's mapping); ``"mean"`` averages each
@@ -658,8 +664,7 @@ def downsample(phi, factor: int, mode: str = "nearest"):
     f = int(factor)
     if f != factor or f < 1:
         raise ValueError(f"downscale factor must be a positive integer, got {factor!r}")
-    if mode not in COARSE_MODES:
-        raise ValueError(f"unknown coarse grid mapping {mode!r}: use one of {', '.join(COARSE_MODES)}")
+    _check_coarse(mode)
     if any(n % f for n in phi.shape[-3:]):
         raise ValueError(f"grid {tuple(phi.shape[-3:])} is not a multiple of the downscale factor "
                          f"{f}: crop or pad each axis to a multiple of {f}")
@@ -685,8 +690,7 @@ def model_grid_origin(downscale: int, coarse: str = "nearest") -> float:
     each of z, y, x (voxel ``i`` at ``downscale * i + origin``): 0 for nearest sampling (it is
     full-grid voxel 0), ``(downscale - 1) / 2`` for block means (the centre of block 0). A viewer
     that overlays the two grids translates the model grid by it."""
-    if coarse not in COARSE_MODES:
-        raise ValueError(f"unknown coarse grid mapping {coarse!r}: use one of {', '.join(COARSE_MODES)}")
+    _check_coarse(coarse)
     return (int(downscale) - 1) / 2 if coarse == "mean" else 0.0
 
 

@@ -119,7 +119,7 @@ class EvolveWidget(QWidget):
         self.viewer, self.hub = napari_viewer, hub_for(napari_viewer)
         self.job: Job | None = None
         self.layers: dict = {}  # the current (last) run's layers: solver, crnn, diff
-        self.runs: list[dict] = []  # every run shown: {"layers": {...}, "row": int, "size": (Y, X)}
+        self.runs: list[dict] = []  # every run shown: {"layers": {...}, "row": int, "size": (Y, X), "origin": float}
         self.buffers: dict[str, np.ndarray] = {}
         self.state = RunState()
         self.n_frames = 0
@@ -451,7 +451,7 @@ class EvolveWidget(QWidget):
         difference in a row along x, runs in rows along y; grid: none (napari's grid places
         one layer per cell). The CRNN's adds where its grid's voxel 0 sits on the seed's
         (``model_grid_origin``: half a grid unit for block means, at downscale 2)."""
-        o = run.get("origin", 0.0) if key == "crnn" else 0.0
+        o = run["origin"] if key == "crnn" else 0.0
         if self.layout_choice.value == "grid":
             return (0.0, o, o, o)
         (height, width), slot = run["size"], ("solver", "crnn", "diff").index(key)
