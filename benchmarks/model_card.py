@@ -139,7 +139,8 @@ def _lineage(recipe: dict) -> list[str]:
 
 
 _MAPPING = {"nearest": "nearest sampling, as in the paper",
-            "mean": "the mean of each block of full-grid voxels; the paper samples one voxel per block"}
+            "mean": ("the mean of each block of full-grid voxels; the paper samples one voxel "
+                     "per block")}
 """How the full grid maps to the model grid, by ``ModelInfo.coarse``, in the card's words."""
 
 

@@ -119,7 +119,8 @@ class EvolveWidget(QWidget):
         self.viewer, self.hub = napari_viewer, hub_for(napari_viewer)
         self.job: Job | None = None
         self.layers: dict = {}  # the current (last) run's layers: solver, crnn, diff
-        self.runs: list[dict] = []  # every run shown: {"layers": {...}, "row": int, "size": (Y, X), "origin": float}
+        # every run shown: {"layers": {...}, "row": int, "size": (Y, X), "origin": float}
+        self.runs: list[dict] = []
         self.buffers: dict[str, np.ndarray] = {}
         self.state = RunState()
         self.n_frames = 0
@@ -408,7 +409,8 @@ class EvolveWidget(QWidget):
             "solver": {"name": f"{s['name']} solver ({s['solver']})", "scale": (tau, 1, 1, 1),
                        "colormap": "bop blue", "metadata": {"chflow": {**meta, "downscale": 1}}},
             "crnn": {"name": f"{s['name']} CRNN", "scale": (tau, f, f, f),
-                     "colormap": "bop orange", "metadata": {"chflow": {**meta, "downscale": f, "coarse": coarse}}},
+                     "colormap": "bop orange",
+                     "metadata": {"chflow": {**meta, "downscale": f, "coarse": coarse}}},
             "diff": {"name": f"{s['name']} |CRNN - solver|", "scale": (tau, 1, 1, 1),
                      "colormap": "inferno",
                      "metadata": {"chflow": {"tau": tau, "difference": True}}}}
